@@ -1,0 +1,153 @@
+"""Multi-head attention shared by both families.
+
+One attention core (:func:`dot_product_attention`) picks the implementation per backend; one module
+(:class:`MultiHeadAttention`) covers the projection layouts and qk-norms of TRELLIS and PartPacker:
+
+==================  ===============================  ==========================================
+                    TRELLIS (``naming="trellis"``)   PartPacker (``naming="partpacker"``)
+==================  ===============================  ==========================================
+self projections    ``to_qkv`` [C, 3C] = [q|k|v]     ``qkv_proj`` [C, 3C] = [q|k|v]
+cross projections   ``to_q``, ``to_kv`` = [k|v]      ``q_proj``, ``k_proj``, ``v_proj``
+output              ``to_out``                       ``out_proj``
+qk-norm             per-head RMS (``q_rms_norm``)    full-width LayerNorm / RMSNorm (``q_norm``)
+==================  ===============================  ==========================================
+
+Heads are contiguous blocks of ``D = C / H`` features inside each of q, k, v.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxshape.nn.embeddings import apply_rope
+from jaxshape.nn.linear import Dense
+from jaxshape.nn.norms import LayerNorm, MultiHeadRMSNorm, RMSNorm
+
+AttentionImpl = Optional[Literal["xla", "cudnn", "chunked", "reference"]]
+
+_NAMES = {
+    "trellis": dict(qkv="to_qkv", q="to_q", kv="to_kv", out="to_out"),
+    "partpacker": dict(qkv="qkv_proj", q="q_proj", k="k_proj", v="v_proj", out="out_proj"),
+}
+QK_NORMS = (None, "rms_per_head", "layernorm", "rmsnorm")
+
+
+def _reference_attention(q, k, v, scale):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: AttentionImpl = None,
+                          query_chunk_size: int = 1024) -> jax.Array:
+    """``softmax(q kᵀ / sqrt(D)) v`` per head, no mask. Layout BTNH: q [B, Lq, H, D], k/v [B, Lk, H, D].
+
+    ``implementation``: ``None`` = automatic (cuDNN flash attention on GPU for fp16/bf16, XLA otherwise);
+    ``"xla"``, ``"cudnn"`` (``jax.nn.dot_product_attention``); ``"chunked"`` (XLA over query chunks of
+    ``query_chunk_size``: bounded memory for long sequences); ``"reference"`` (einsum + fp32 softmax).
+    Softmax is always in fp32. An empty key set (Lk = 0) gives zeros, as PyTorch SDPA does.
+    """
+    if k.shape[1] == 0:
+        return jnp.zeros(q.shape[:-1] + (v.shape[-1],), q.dtype)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    impl = implementation
+    if impl is None:
+        on_gpu = jax.default_backend() == "gpu"
+        impl = "cudnn" if on_gpu and q.dtype in (jnp.float16, jnp.bfloat16) else "xla"
+    if impl == "reference":
+        return _reference_attention(q, k, v, scale)
+    if impl in ("xla", "cudnn"):
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
+    if impl == "chunked":
+        lq = q.shape[1]
+        if lq <= query_chunk_size:
+            return jax.nn.dot_product_attention(q, k, v, scale=scale)
+        n = -(-lq // query_chunk_size)
+        pad = n * query_chunk_size - lq
+        qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        qc = qp.reshape(q.shape[0], n, query_chunk_size, *q.shape[2:]).swapaxes(0, 1)
+        out = jax.lax.map(lambda qi: jax.nn.dot_product_attention(qi, k, v, scale=scale), qc)
+        out = out.swapaxes(0, 1).reshape(q.shape[0], n * query_chunk_size, *out.shape[3:])
+        return out[:, :lq]
+    raise ValueError(f"unknown attention implementation {implementation!r}")
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with the fused layouts and qk-norms of both families (see module docstring).
+
+    Call: ``(x [B, L, C], context [B, M, Cc] | None, rope_phases [L, D/2] | None) -> [B, L, C]``.
+    ``qk_norm``: ``None``; ``"rms_per_head"`` (TRELLIS MultiHeadRMSNorm after the head split); ``"layernorm"``
+    (PartPacker: LayerNorm eps 1e-6 without affine over the full width, before the split); ``"rmsnorm"``
+    (PartPacker RMSNorm over the full width). RoPE (self-attention only) is applied after the qk-norm.
+    """
+
+    channels: int
+    num_heads: int
+    kind: Literal["self", "cross"] = "self"
+    naming: Literal["trellis", "partpacker"] = "trellis"
+    qk_norm: Optional[str] = None
+    qkv_bias: bool = True
+    init: str = "xavier"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    attention_impl: AttentionImpl = None
+
+    def __post_init__(self):
+        if self.channels % self.num_heads:
+            raise ValueError(f"attention width {self.channels} must be divisible by num_heads {self.num_heads}")
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
+        if self.naming not in _NAMES:
+            raise ValueError(f"naming must be 'trellis' or 'partpacker', got {self.naming!r}")
+        super().__post_init__()
+
+    def _dense(self, features, name, axes=("embed", "heads")):
+        return Dense(features, use_bias=self.qkv_bias, init=self.init, axes=axes, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+
+    def _full_width_norm(self, name):
+        if self.qk_norm == "layernorm":
+            return LayerNorm(1e-6, elementwise_affine=False, name=name)
+        return RMSNorm(1e-6, param_dtype=self.param_dtype, name=name)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: Optional[jax.Array] = None,
+                 rope_phases: Optional[jax.Array] = None) -> jax.Array:
+        names = _NAMES[self.naming]
+        c, h = self.channels, self.num_heads
+        b, lq = x.shape[:2]
+        if self.kind == "self":
+            qkv = self._dense(3 * c, names["qkv"])(x)
+            q, k, v = jnp.split(qkv, 3, axis=-1)
+        elif self.kind == "cross":
+            if context is None:
+                raise ValueError("cross-attention needs a context")
+            q = self._dense(c, names["q"])(x)
+            if "kv" in names:
+                kv = self._dense(2 * c, names["kv"], axes=("cond", "heads"))(context)
+                k, v = jnp.split(kv, 2, axis=-1)
+            else:
+                k = self._dense(c, names["k"], axes=("cond", "heads"))(context)
+                v = self._dense(c, names["v"], axes=("cond", "heads"))(context)
+        else:
+            raise ValueError(f"kind must be 'self' or 'cross', got {self.kind!r}")
+        if self.qk_norm in ("layernorm", "rmsnorm"):
+            q = self._full_width_norm("q_norm")(q)
+            k = self._full_width_norm("k_norm")(k)
+        q = q.reshape(b, lq, h, c // h)
+        k = k.reshape(b, k.shape[1], h, c // h)
+        v = v.reshape(b, v.shape[1], h, c // h)
+        if self.qk_norm == "rms_per_head":
+            q = MultiHeadRMSNorm(param_dtype=self.param_dtype, name="q_rms_norm")(q)
+            k = MultiHeadRMSNorm(param_dtype=self.param_dtype, name="k_rms_norm")(k)
+        if rope_phases is not None:
+            q = apply_rope(q, rope_phases)
+            k = apply_rope(k, rope_phases)
+        out = dot_product_attention(q, k, v, implementation=self.attention_impl)
+        out = out.reshape(b, lq, c)
+        return Dense(c, init=self.init, axes=("heads", "embed"), dtype=self.dtype, param_dtype=self.param_dtype,
+                     name=names["out"])(out)

@@ -1,0 +1,188 @@
+"""Feed-forward and adaLN-modulated transformer blocks, and the scanned layer stack.
+
+:class:`ModulatedCrossBlock` is both TRELLIS's ``ModulatedTransformerCrossBlock`` and PartPacker's ``DiTLayer``:
+the same computation (modulated self-attention, un-modulated cross-attention, modulated FFN; chunk order shift,
+scale, gate for attention then FFN) with per-family names, norm affinity, GELU flavour and qk-norm.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxshape.nn.attention import AttentionImpl, MultiHeadAttention
+from jaxshape.nn.linear import Dense
+from jaxshape.nn.norms import LayerNorm
+
+_BLOCK_NAMES = {
+    "trellis": dict(self_attn="self_attn", cross_attn="cross_attn", ffn="mlp", ffn_layers="mlp",
+                    modulation="adaLN_modulation_1"),
+    "partpacker": dict(self_attn="attn1", cross_attn="attn2", ffn="ff", ffn_layers="net", modulation="adaln_linear"),
+}
+
+
+class FeedForward(nn.Module):
+    """``Linear(C, hidden) -> GELU -> Linear(hidden, C)``; torch keys ``<prefix>.0`` / ``<prefix>.2``.
+
+    ``approximate_gelu``: tanh GELU (TRELLIS) or exact erf GELU (PartPacker, the torch default).
+    """
+
+    hidden_features: int
+    prefix: str = "mlp"
+    approximate_gelu: bool = True
+    init: str = "xavier"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(init=self.init, dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Dense(self.hidden_features, axes=("embed", "mlp"), name=f"{self.prefix}_0", **kw)(x)
+        h = jax.nn.gelu(h, approximate=self.approximate_gelu)
+        return Dense(x.shape[-1], axes=("mlp", "embed"), name=f"{self.prefix}_2", **kw)(h)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """adaLN modulation ``x (1 + scale) + shift`` with per-sample [B, C] vectors broadcast over tokens."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class ModulatedCrossBlock(nn.Module):
+    """adaLN block: ``x += g1·SelfAttn(mod(LN1 x))``; ``x += CrossAttn(LN2 x, ctx)``; ``x += g2·FFN(mod(LN3 x))``.
+
+    Call ``(x [B, L, C], cond [B, C] or [B, 6C], context [B, M, Cc], rope_phases | None) -> (x, None)`` (the
+    scan-carry form). With ``share_mod`` the block receives the 6C modulation vector computed once by the model;
+    otherwise ``cond`` is the time embedding and the block owns ``Linear(silu(cond)) -> 6C``.
+    Norms: LN eps 1e-6 without affine; LN2 affine iff ``norm2_affine`` (TRELLIS True, PartPacker False).
+    """
+
+    channels: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    naming: Literal["trellis", "partpacker"] = "trellis"
+    qk_norm: Optional[str] = None
+    qk_norm_cross: Optional[str] = None
+    share_mod: bool = False
+    norm2_affine: bool = True
+    approximate_gelu: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    attention_impl: AttentionImpl = None
+
+    @nn.compact
+    def __call__(self, x, cond, context, rope_phases=None):
+        names = _BLOCK_NAMES[self.naming]
+        c = self.channels
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.share_mod:
+            mod = cond
+        else:
+            mod = Dense(6 * c, init="zeros", axes=("embed", "mod"), name=names["modulation"], **dt)(nn.silu(cond))
+        if mod.shape[-1] != 6 * c:
+            raise ValueError(f"modulation must have 6·channels = {6 * c} features, got {mod.shape[-1]}")
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+        attn = dict(channels=c, num_heads=self.num_heads, naming=self.naming, attention_impl=self.attention_impl, **dt)
+
+        h = modulate(LayerNorm(1e-6, elementwise_affine=False, name="norm1")(x), shift_msa, scale_msa)
+        h = MultiHeadAttention(kind="self", qk_norm=self.qk_norm, name=names["self_attn"], **attn)(
+            h, rope_phases=rope_phases)
+        x = x + gate_msa[:, None] * h
+        h = LayerNorm(1e-6, elementwise_affine=self.norm2_affine, param_dtype=self.param_dtype, name="norm2")(x)
+        x = x + MultiHeadAttention(kind="cross", qk_norm=self.qk_norm_cross, name=names["cross_attn"], **attn)(
+            h, context)
+        h = modulate(LayerNorm(1e-6, elementwise_affine=False, name="norm3")(x), shift_mlp, scale_mlp)
+        h = FeedForward(int(c * self.mlp_ratio), prefix=names["ffn_layers"], approximate_gelu=self.approximate_gelu,
+                        name=names["ffn"], **dt)(h)
+        x = x + gate_mlp[:, None] * h
+        return x, None
+
+
+def scan_blocks(block_cls: type[nn.Module], num_layers: int, *, name: str, remat: bool = True,
+                remat_policy: str = "nothing_saveable", num_broadcast_args: int = 3, **block_kwargs):
+    """A stack of ``num_layers`` identical blocks as one ``nn.scan`` (compile time independent of depth).
+
+    Parameters get a leading ``[num_layers]`` axis with logical name ``"layers"``; the converter stacks the
+    upstream per-layer tensors (``<name>.<i>.*``) into it. ``block_cls(...)(x, *args) -> (x, None)``; every
+    argument after ``x`` is broadcast to all layers. ``remat_policy`` names a ``jax.checkpoint_policies`` member.
+    """
+    cls = block_cls
+    if remat:
+        policy = getattr(jax.checkpoint_policies, remat_policy, None)
+        if policy is None:
+            raise ValueError(f"unknown remat_policy {remat_policy!r}: not in jax.checkpoint_policies")
+        cls = nn.remat(cls, prevent_cse=False, policy=policy)
+    stack = nn.scan(
+        cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast,) * num_broadcast_args,
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return stack(name=name, **block_kwargs)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-LN transformer block (PartPacker ``vae.modules.transformer.AttentionBlock``).
+
+    ``x += Attn(LN(x)[, LN(context)])``; ``x += FFN(LN(x))`` with parameter-free LayerNorms (eps 1e-6,
+    ``norm_attn``, ``norm_context``, ``norm_ff``), exact-erf GELU FFN ``ff/net_0|net_2`` (ratio ``mlp_ratio``) and
+    PartPacker attention names (``attn/qkv_proj`` or ``attn/q_proj|k_proj|v_proj``, ``attn/out_proj``).
+    ``cross=True`` makes it a cross-attention block (call ``(x, context)``); otherwise ``(x)``.
+    ``return_carry`` returns ``(x, None)`` for :func:`scan_blocks`.
+    """
+
+    channels: int
+    num_heads: int
+    cross: bool = False
+    qk_norm: Optional[str] = None
+    mlp_ratio: float = 4.0
+    init: str = "torch"
+    return_carry: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    attention_impl: AttentionImpl = None
+
+    @nn.compact
+    def __call__(self, x, context=None):
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        attn = MultiHeadAttention(self.channels, self.num_heads, kind="cross" if self.cross else "self",
+                                  naming="partpacker", qk_norm=self.qk_norm, init=self.init,
+                                  attention_impl=self.attention_impl, name="attn", **dt)
+        h = LayerNorm(1e-6, elementwise_affine=False, name="norm_attn")(x)
+        if self.cross:
+            if context is None:
+                raise ValueError("AttentionBlock(cross=True) needs a context")
+            x = x + attn(h, LayerNorm(1e-6, elementwise_affine=False, name="norm_context")(context))
+        else:
+            x = x + attn(h)
+        h = LayerNorm(1e-6, elementwise_affine=False, name="norm_ff")(x)
+        x = x + FeedForward(int(self.channels * self.mlp_ratio), prefix="net", approximate_gelu=False,
+                            init=self.init, name="ff", **dt)(h)
+        return (x, None) if self.return_carry else x
+
+
+class FlashQueryLayer(nn.Module):
+    """PartPacker ``FlashQueryLayer``: ``FFN_1(CrossAttn(LN(x), context))`` — no residuals, no LN before the FFN
+    (ratio ``mlp_ratio``, 1 upstream), context used as given (the caller normalises it once)."""
+
+    channels: int
+    num_heads: int
+    qk_norm: Optional[str] = None
+    mlp_ratio: float = 1.0
+    init: str = "torch"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    attention_impl: AttentionImpl = None
+
+    @nn.compact
+    def __call__(self, x, context):
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = LayerNorm(1e-6, elementwise_affine=False, name="norm_attn")(x)
+        h = MultiHeadAttention(self.channels, self.num_heads, kind="cross", naming="partpacker",
+                               qk_norm=self.qk_norm, init=self.init, attention_impl=self.attention_impl,
+                               name="attn", **dt)(h, context)
+        return FeedForward(int(self.channels * self.mlp_ratio), prefix="net", approximate_gelu=False,
+                           init=self.init, name="ff", **dt)(h)

@@ -1,0 +1,37 @@
+"""jaxshape: JAX/Flax 3D shape generative models (TRELLIS sparse structure, PartPacker vecset)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxshape",
+    version="0.1.0",
+    description="Pure-functional Flax ports of TRELLIS and PartPacker 3D shape VAEs and DiTs, "
+    "with PyTorch parity, sharded rectified-flow training and Orbax checkpoints.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jaxshape", "jaxshape.*"]),
+    install_requires=[
+        # jax 0.10.x is the newest release for Python 3.11; the code avoids 0.11+-only APIs.
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.4",
+        "numpy>=1.26",
+        "trimesh>=4.0",
+        "ml-collections>=1.1",
+        "chex>=0.1.90",
+        "safetensors>=0.4",
+        "absl-py>=2.0",
+        "tqdm>=4.0",
+        "scikit-image>=0.22",
+    ],
+    extras_require={
+        # torch must be the CPU build: install it first with `pip install torch==2.13.0`
+        # (a bare `torch` requirement resolves to a multi-GB CUDA build).
+        "test": ["pytest>=8", "torch>=2.4"],
+        "dev": ["pytest>=8", "torch>=2.4", "ruff"],
+    },
+    entry_points={
+        "console_scripts": [
+            "jaxshape-convert=jaxshape.convert.cli:main",
+        ],
+    },
+)
