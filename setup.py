@@ -22,12 +22,25 @@ setup(
         "absl-py>=2.0",
         "tqdm>=4.0",
         "scikit-image>=0.22",
+        "pillow>=10",
+        "tensorboardX>=2.6",
+        # data pipeline
+        "grain>=0.2.18",
+        "array_record>=0.8",
+        "msgpack>=1.0",
+        "scipy>=1.11",
+        "point-cloud-utils>=0.34",
+        "manifold3d>=3.0",
+        "embreex>=4.3; platform_machine == 'x86_64'",
     ],
     extras_require={
         # torch must be the CPU build: install it first with `pip install torch==2.13.0`
         # (a bare `torch` requirement resolves to a multi-GB CUDA build).
         "test": ["pytest>=8", "torch>=2.4"],
         "dev": ["pytest>=8", "torch>=2.4", "ruff"],
+        # optional accelerators of `python -m jaxshape.data.prepare` (exact numpy fallbacks exist):
+        # fpsample builds from source with Rust on Python 3.11; open3d speeds up the TSDF ~2x
+        "fast": ["fpsample>=1.0", "open3d>=0.18"],
     },
     entry_points={
         "console_scripts": [

@@ -1,0 +1,257 @@
+"""grain input pipeline: records -> (per-process shard) -> seeded shuffle -> repeat -> examples -> augmentation ->
+batch -> device prefetch with the trainer's batch sharding; checkpointable (Orbax via ``grain.checkpoint``).
+
+    it = make_iterator("data/run1", batch_size=8, family="vecset", seed=0, sharding=data_sharding)
+    batch = next(it)               # dict: jax.Array for numeric keys, numpy for strings ('id')
+    state = it.get_state()         # bytes; or ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it))
+
+Sharding per process: process ``i`` of ``n`` reads examples ``i::n`` (disjoint, from the id-ordered source), batches
+``global_batch / n`` and builds global arrays with ``jax.make_array_from_process_local_data``.
+Conditioning: ``class_label`` and any ``cond_*`` field pass through untouched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .records import RecordSource
+
+__all__ = ["FAMILY_KEYS", "AugmentConfig", "make_dataset", "make_iterator", "DeviceIterator"]
+
+FAMILY_KEYS = {
+    "trellis": ("occupancy", "class_label", "id"),
+    "vecset": ("pointcloud", "normals", "fps_indices", "pointcloud_dorases", "normals_dorases",
+               "fps_indices_dorases", "query_points", "query_gt", "class_label", "id"),
+}
+_POINT_KEYS = ("pointcloud", "pointcloud_dorases", "query_points")
+_NORMAL_KEYS = ("normals", "normals_dorases")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Vecset: mirror one random axis with prob ``mirror_p`` (Dora: 0.75) and rotate (``"z"``: about the up axis,
+    ``"so3"``: uniform, ``None``: off); points, normals and queries together.  FPS orders stay valid (isometries).
+    Occupancy: random flips of x/y and 90-degree turns about z (exact grid ops)."""
+    mirror_p: float = 0.0
+    rotate: Optional[str] = None
+    occupancy_flips: bool = False
+
+
+def _rotation(rng, mode):
+    if mode == "z":
+        a = rng.uniform(0, 2 * np.pi)
+        c, s = np.cos(a), np.sin(a)
+        return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    if mode == "so3":
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        w, x, y, z = q
+        return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return None
+
+
+def _select(ex, keys, num_queries):
+    out = {}
+    for k, v in ex.items():
+        if k in keys or k.startswith("cond_"):
+            out[k] = v if isinstance(v, (np.ndarray, str)) else np.asarray(v)
+    if "occupancy" in out:
+        out["occupancy"] = out["occupancy"].astype(np.float32)
+    if "class_label" in out:
+        out["class_label"] = np.asarray(out["class_label"], np.int32)
+    return out
+
+
+def _subsample_queries(ex, num_queries, rng):
+    counts = np.asarray(ex["query_counts"])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    idx = [s + rng.choice(c, size=n, replace=n > c) for s, c, n in zip(starts, counts, num_queries) if n > 0]
+    idx = np.concatenate(idx)
+    ex["query_points"] = ex["query_points"][idx]
+    ex["query_gt"] = ex["query_gt"][idx]
+
+
+def _augment(ex, aug: AugmentConfig, rng):
+    M = np.eye(3)
+    if aug.mirror_p and rng.random() < aug.mirror_p:
+        M[rng.integers(3)] *= -1
+    R = _rotation(rng, aug.rotate)
+    if R is not None:
+        M = R @ M
+    if not np.allclose(M, np.eye(3)):
+        for k in _POINT_KEYS + _NORMAL_KEYS:
+            if k in ex:
+                ex[k] = (ex[k].astype(np.float64) @ M.T).astype(np.float32)
+    if aug.occupancy_flips and "occupancy" in ex:
+        o = ex["occupancy"]
+        for ax in (0, 1):
+            if rng.random() < 0.5:
+                o = np.flip(o, ax)
+        o = np.rot90(o, int(rng.integers(4)), axes=(0, 1))
+        ex["occupancy"] = np.ascontiguousarray(o)
+    return ex
+
+
+class _Transform:
+    """Picklable per-example transform (grain random map): key selection, query subsampling, augmentation."""
+
+    def __init__(self, keys, num_queries, augment):
+        self.keys = set(keys)
+        self.num_queries = num_queries
+        self.augment = augment
+
+    def __call__(self, ex, rng: np.random.Generator):
+        if self.num_queries is not None and "query_points" in ex:
+            _subsample_queries(ex, self.num_queries, rng)
+        ex = _select(ex, self.keys, self.num_queries)
+        if self.augment is not None:
+            ex = _augment(ex, self.augment, rng)
+        return ex
+
+
+def make_dataset(roots, batch_size: int, family: str = "vecset", seed: int = 0, shuffle: bool = True,
+                 num_epochs: Optional[int] = None, process_index: Optional[int] = None,
+                 process_count: Optional[int] = None, augment: Optional[AugmentConfig] = None,
+                 num_queries: Optional[Sequence[int]] = None, keys: Optional[Sequence[str]] = None,
+                 drop_remainder: bool = True, worker_count: int = 0):
+    """grain ``IterDataset`` of host-local batches (numpy).  ``batch_size`` is the per-process batch.
+
+    ``family``: ``"trellis"``, ``"vecset"`` or ``"all"``; ``num_queries=(n_volume, n_near, n_sharp)`` draws that many
+    queries per group per example; ``num_epochs=None`` repeats forever."""
+    import grain
+
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    src = RecordSource(roots)
+    if len(src) == 0:
+        raise ValueError(f"no prepared examples under {roots}")
+    keys = tuple(keys) if keys is not None else (
+        tuple({k for ks in FAMILY_KEYS.values() for k in ks}) if family == "all" else FAMILY_KEYS[family])
+    ds = grain.MapDataset.source(src)[process_index::process_count]
+    if len(ds) < batch_size and drop_remainder:
+        raise ValueError(f"process {process_index} has {len(ds)} examples < batch size {batch_size}")
+    ds = ds.seed(seed)
+    if shuffle:
+        ds = ds.shuffle()
+    ds = ds.repeat(num_epochs)
+    ds = ds.random_map(_Transform(keys, None if num_queries is None else tuple(num_queries), augment))
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    it_ds = ds.to_iter_dataset()
+    if worker_count > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it_ds
+
+
+class DeviceIterator:
+    """Prefetches host batches into device memory (``buffer_size`` ahead, background thread) with ``sharding``
+    (a ``jax.sharding.Sharding`` for the global batch, or ``None`` for host numpy).  ``get_state`` returns the state
+    right after the last batch *returned*, so a restore continues with exactly the next batch; works with
+    ``grain.checkpoint.CheckpointSave/CheckpointRestore`` (bytes state)."""
+
+    def __init__(self, dataset, sharding=None, buffer_size: int = 2):
+        self._ds = dataset
+        self._it = iter(dataset)
+        self._sharding = sharding
+        self._buffer = buffer_size
+        self._state = self._it.get_state()
+        self._q = None
+        self._thread = None
+        self._stop = threading.Event()
+
+    def _to_device(self, batch):
+        if self._sharding is None:
+            return batch
+        import jax
+
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+                out[k] = jax.make_array_from_process_local_data(self._sharding, v)
+            else:
+                out[k] = v
+        return out
+
+    def _producer(self, q, stop):
+        try:
+            while not stop.is_set():
+                try:
+                    b = next(self._it)
+                except StopIteration:
+                    q.put(("end", None, None))
+                    return
+                item = ("ok", self._to_device(b), self._it.get_state())
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # surface errors in the consumer
+            q.put(("err", e, None))
+
+    def start_prefetch(self):
+        if self._thread is None:
+            self._stop = threading.Event()
+            self._q = queue.Queue(maxsize=max(1, self._buffer))
+            self._thread = threading.Thread(target=self._producer, args=(self._q, self._stop), daemon=True)
+            self._thread.start()
+
+    def _halt(self):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self._q = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.start_prefetch()
+        kind, b, st = self._q.get()
+        if kind == "end":
+            self._halt()
+            raise StopIteration
+        if kind == "err":
+            self._halt()
+            raise b
+        self._state = st
+        return b
+
+    def get_state(self) -> bytes:
+        return json.dumps(self._state).encode()
+
+    def set_state(self, state):
+        self._halt()
+        if isinstance(state, (bytes, bytearray)):
+            state = json.loads(state.decode())
+        self._it = iter(self._ds)
+        self._it.set_state(state)
+        self._state = state
+
+    def close(self):
+        self._halt()
+        if hasattr(self._it, "close"):
+            self._it.close()
+
+
+def make_iterator(roots, batch_size: int, family: str = "vecset", seed: int = 0, sharding=None,
+                  buffer_size: int = 2, **kw) -> DeviceIterator:
+    """Global-batch iterator: ``batch_size`` is the **global** batch (split evenly over processes)."""
+    import jax
+
+    n = jax.process_count()
+    if batch_size % n:
+        raise ValueError(f"global batch {batch_size} not divisible by process count {n}")
+    ds = make_dataset(roots, batch_size // n, family, seed, process_index=jax.process_index(), process_count=n,
+                      **kw)
+    return DeviceIterator(ds, sharding, buffer_size)

@@ -1,0 +1,382 @@
+"""Training tasks: which modules a stage trains, what it reads from a batch, its loss and its samples.
+
+Stages: ``ss_vae`` (TRELLIS SS-VAE: dice + KL), ``ss_flow`` (TRELLIS flow DiT on frozen-encoder posterior means),
+``vecset_vae`` (PartPacker VAE: MSE + L1 + KL on TSDF queries with the progressive FPS cut-off) and
+``vecset_flow`` (PartPacker DiT on frozen-VAE posterior means). Flow stages condition on a class label (a learned
+table whose last row is the learned null label) or on precomputed feature tokens (``cond_features``; the
+unconditional value is zeros, as TRELLIS-image).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxshape import flow
+from jaxshape.models import (
+    SparseStructureDecoder,
+    SparseStructureEncoder,
+    SparseStructureFlowModel,
+    VecSetDiT,
+    VecSetVAE,
+)
+from jaxshape.models.vecset_vae import posterior
+
+STAGES = ("ss_vae", "ss_flow", "vecset_vae", "vecset_flow")
+VECSET_INPUT_KEYS = ("pointcloud", "pointcloud_dorases", "fps_indices", "fps_indices_dorases")
+
+
+class LabelConditioner(nn.Module):
+    """Class label -> ``tokens`` condition tokens; label ``num_classes`` is the learned null (unconditional)."""
+
+    num_classes: int
+    channels: int
+    tokens: int = 1
+
+    @nn.compact
+    def __call__(self, labels: jax.Array) -> jax.Array:
+        table = nn.Embed(self.num_classes + 1, self.channels * self.tokens,
+                         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")))
+        return table(labels).reshape(labels.shape[0], self.tokens, self.channels)
+
+
+def _dtype(name):
+    return None if name in (None, "", "float32") else jnp.dtype(name)
+
+
+def model_kwargs(cfg_model, config) -> dict:
+    kw = dict(cfg_model)
+    if config.get("dtype") not in (None, "", "float32"):
+        kw["dtype"] = jnp.dtype(config.dtype)
+    return kw
+
+
+# ------------------------------------------------------------------------------------------------------------
+# frozen VAE loading (flow stages)
+
+
+def load_frozen_vae(path: str, which: str):
+    """``(stage config dict, params)`` of a VAE trained by jaxshape: the EMA params of the latest checkpoint in
+    the training workdir ``path``."""
+    p = Path(path)
+    cfg_file = p / "config.json"
+    if not path or not cfg_file.exists():
+        raise FileNotFoundError(f"vae_checkpoint {path!r} is not a jaxshape training workdir (no config.json): "
+                                f"train the {which} stage first and pass its --workdir")
+    from jaxshape.trainer.checkpoint import restore_params
+
+    vae_cfg = json.loads(cfg_file.read_text())
+    if vae_cfg["stage"] != which:
+        raise ValueError(f"vae_checkpoint {path!r} was trained as stage {vae_cfg['stage']!r}, expected {which!r}")
+    params = restore_params(p / "checkpoints", use_ema=True)
+    return vae_cfg, params
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+class Task:
+    """Base: subclasses define modules, ``init``, ``loss`` and ``sample``."""
+
+    stage: str
+    fields: tuple = ()
+    targets: tuple = ()  # jaxshape.data target families the stage reads ("occupancy", "vecset")
+
+    def __init__(self, config):
+        self.config = config
+
+    def external_frozen(self) -> dict:
+        """Frozen inputs that do not come from ``init`` (a trained VAE's params), placed by the loop."""
+        return {}
+
+    def host_batch(self, batch: dict, step: int) -> dict:
+        """Host-side per-step batch edits (shapes must stay in a small finite set: each one compiles once)."""
+        return {k: batch[k] for k in self.fields}
+
+    def validate(self, batch_shapes: dict) -> None:
+        missing = [k for k in self.fields if k not in batch_shapes]
+        if missing:
+            raise ValueError(f"stage {self.stage}: the data has no field(s) {missing}; it provides "
+                             f"{sorted(batch_shapes)}")
+
+
+class SSVAETask(Task):
+    stage = "ss_vae"
+    fields = ("occupancy",)
+    targets = ("occupancy",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        m = config.model
+        self.encoder = SparseStructureEncoder(**model_kwargs(m.encoder, config))
+        self.decoder = SparseStructureDecoder(**model_kwargs(m.decoder, config))
+        if m.encoder.latent_channels != m.decoder.latent_channels:
+            raise ValueError(f"model.encoder.latent_channels ({m.encoder.latent_channels}) != "
+                             f"model.decoder.latent_channels ({m.decoder.latent_channels})")
+
+    def init(self, rng, batch):
+        k1, k2 = jax.random.split(rng)
+        occ = batch["occupancy"].astype(jnp.float32)
+        enc = self.encoder.init(k1, occ)
+        z = jax.eval_shape(self.encoder.apply, nn.meta.unbox(enc), occ)
+        dec = self.decoder.init(k2, jnp.zeros(z.shape, z.dtype))
+        return {"encoder": enc["params"], "decoder": dec["params"]}, {}
+
+    def loss(self, params, frozen, batch, rng):
+        occ = batch["occupancy"].astype(jnp.float32)
+        z, mean, logvar = self.encoder.apply({"params": params["encoder"]}, occ, sample_posterior=True,
+                                             return_raw=True, rngs={"noise": rng})
+        logits = self.decoder.apply({"params": params["decoder"]}, z)
+        return flow.ss_vae_loss(logits, occ, mean, logvar, loss_type=self.config.loss.type,
+                                kl_weight=self.config.loss.kl_weight)
+
+    def sample(self, params, frozen, rng, batch):
+        """Reconstructions of the first examples of ``batch`` (posterior mean)."""
+        occ = batch["occupancy"].astype(jnp.float32)
+        z = self.encoder.apply({"params": params["encoder"]}, occ)
+        return [np.asarray(x[..., 0]) for x in self.decoder.apply({"params": params["decoder"]}, z)]
+
+
+class _FlowTask(Task):
+    """Shared flow-stage wiring: conditioning, CFG dropout, frozen VAE."""
+
+    def _cond_module(self, channels):
+        c = self.config.cond
+        if c.kind == "class":
+            return LabelConditioner(c.num_classes, channels, c.get("tokens", 1))
+        if c.kind == "features":
+            return None
+        raise ValueError(f"cond.kind must be 'class' or 'features', got {c.kind!r}")
+
+    @property
+    def cond_fields(self):
+        return ("class_label",) if self.config.cond.kind == "class" else ("cond_features",)
+
+    def condition(self, params, batch, rng, drop: bool):
+        c = self.config.cond
+        if c.kind == "class":
+            labels = batch["class_label"].astype(jnp.int32)
+            if drop:
+                labels = jnp.where(jax.random.uniform(rng, labels.shape) < c.p_uncond, c.num_classes, labels)
+            return self.conditioner.apply({"params": params["conditioner"]}, labels)
+        feats = batch["cond_features"].astype(jnp.float32)
+        if drop:
+            feats = flow.cfg_dropout(rng, feats, jnp.zeros_like(feats[:1]), c.p_uncond)
+        return feats
+
+    def uncondition(self, params, batch_size: int, like=None):
+        c = self.config.cond
+        if c.kind == "class":
+            return self.conditioner.apply({"params": params["conditioner"]},
+                                          jnp.full((batch_size,), c.num_classes, jnp.int32))
+        return jnp.zeros_like(like)
+
+
+class SSFlowTask(_FlowTask):
+    stage = "ss_flow"
+    targets = ("occupancy",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.fields = ("occupancy",) + self.cond_fields
+        self.model = SparseStructureFlowModel(**model_kwargs(config.model, config))
+        self.conditioner = self._cond_module(self.model.cond_channels)
+        vae_cfg, vae_params = load_frozen_vae(config.vae_checkpoint, "ss_vae")
+        enc_args = dict(vae_cfg["model"]["encoder"])
+        dec_args = dict(vae_cfg["model"]["decoder"])
+        self.encoder = SparseStructureEncoder(**enc_args)
+        self.decoder = SparseStructureDecoder(**dec_args)
+        self.vae_params = vae_params
+        if enc_args["latent_channels"] != self.model.in_channels:
+            raise ValueError(f"model.in_channels ({self.model.in_channels}) != the VAE's latent_channels "
+                             f"({enc_args['latent_channels']})")
+
+    def latents(self, frozen, batch):
+        occ = batch["occupancy"].astype(jnp.float32)
+        return jax.lax.stop_gradient(self.encoder.apply({"params": frozen["vae"]["encoder"]}, occ))
+
+    def external_frozen(self):
+        return {"vae": self.vae_params}
+
+    def init(self, rng, batch):
+        k1, k2 = jax.random.split(rng)
+        x0 = jax.eval_shape(self.latents, self.external_frozen(), batch)
+        frozen = {}
+        if x0.shape[1] != self.model.resolution:
+            raise ValueError(f"model.resolution ({self.model.resolution}) != the VAE latent grid ({x0.shape[1]}) "
+                             f"of occupancy {batch['occupancy'].shape[1]}³")
+        b = x0.shape[0]
+        params = {}
+        if self.conditioner is not None:
+            params["conditioner"] = self.conditioner.init(k2, jnp.zeros((b,), jnp.int32))["params"]
+            cond = jnp.zeros((b, self.config.cond.get("tokens", 1), self.model.cond_channels))
+        else:
+            cond = batch["cond_features"].astype(jnp.float32)
+        v = self.model.init(k1, jnp.zeros(x0.shape, jnp.float32), jnp.zeros((b,)), cond)
+        params["model"] = v["params"]
+        frozen["buffers"] = v.get("buffers", {})
+        return params, frozen
+
+    def velocity(self, params, frozen, x, t, cond):
+        return self.model.apply({"params": params["model"], "buffers": frozen["buffers"]}, x, t, cond)
+
+    def loss(self, params, frozen, batch, rng):
+        kt, kn, kc = jax.random.split(rng, 3)
+        x0 = self.latents(frozen, batch)
+        f = self.config.flow
+        t = flow.sample_t_trellis(kt, x0.shape[0], f.t_schedule, f.mean, f.std)
+        x_t, target = flow.trellis_noising(x0, jax.random.normal(kn, x0.shape), t, f.sigma_min)
+        cond = self.condition(params, batch, kc, drop=True)
+        pred = self.velocity(params, frozen, x_t, 1000.0 * t, cond)
+        loss = flow.mse(pred, target)
+        return loss, {"mse": loss}
+
+    def sample(self, params, frozen, rng, batch):
+        s = self.config.sampler
+        b = batch[self.cond_fields[0]].shape[0]
+        cond = self.condition(params, batch, rng, drop=False)
+        uncond = self.uncondition(params, b, cond)
+        r = self.model.resolution
+        noise = jax.random.normal(rng, (b, r, r, r, self.model.in_channels))
+        z = flow.euler_sample(lambda x, t, c: self.velocity(params, frozen, x, t, c), noise, cond, uncond,
+                              flow.trellis_timesteps(s.steps, s.rescale_t), guidance=s.cfg_strength,
+                              convention="trellis", guidance_interval=tuple(s.cfg_interval))
+        logits = self.decoder.apply({"params": frozen["vae"]["decoder"]}, z)
+        return [np.asarray(x[..., 0]) for x in logits]
+
+
+class VecSetVAETask(Task):
+    stage = "vecset_vae"
+    fields = VECSET_INPUT_KEYS + ("query_points", "query_gt")
+    targets = ("vecset",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = VecSetVAE(**model_kwargs(config.model, config))
+        probs = np.asarray(self.model.cutoff_fps_prob, np.float64)
+        if len({len(self.model.cutoff_fps_point), len(self.model.cutoff_fps_salient_point), len(probs)}) != 1:
+            raise ValueError("model.cutoff_fps_point, cutoff_fps_salient_point and cutoff_fps_prob must have the "
+                             "same length")
+        self.cutoff_probs = probs / probs.sum()
+
+    def host_batch(self, batch, step):
+        """PartPacker's progressive cut-off: one draw per step (deterministic in (seed, step), so a resumed run
+        draws the same), keeping FPS-order prefixes."""
+        out = super().host_batch(batch, step)
+        if self.config.get("progressive_cutoff", True):
+            i = np.random.default_rng([self.config.seed, step]).choice(len(self.cutoff_probs), p=self.cutoff_probs)
+            n, m = self.model.cutoff_fps_point[i], self.model.cutoff_fps_salient_point[i]
+            if n > out["fps_indices"].shape[1] or m > out["fps_indices_dorases"].shape[1]:
+                raise ValueError(f"cut-off {i} needs {n} + {m} FPS indices; the data has "
+                                 f"{out['fps_indices'].shape[1]} + {out['fps_indices_dorases'].shape[1]}")
+            out["fps_indices"] = out["fps_indices"][:, :n]
+            out["fps_indices_dorases"] = out["fps_indices_dorases"][:, :m]
+        return out
+
+    def init(self, rng, batch):
+        v = self.model.init(rng, *(batch[k] for k in VECSET_INPUT_KEYS), batch["query_points"], method="init_all")
+        return {"model": v["params"]}, {}
+
+    def loss(self, params, frozen, batch, rng):
+        data = {k: batch[k] for k in VECSET_INPUT_KEYS + ("query_points",)}
+        mean, logvar = self.model.apply({"params": params["model"]}, data, method="encode")
+        post = posterior(mean, logvar)
+        z = post.mode() if self.model.use_ae else post.sample(rng)
+        hidden = self.model.apply({"params": params["model"]}, z, method="decode")
+        pred = self.model.apply({"params": params["model"]}, batch["query_points"], hidden, method="query")
+        return flow.vecset_vae_loss(pred, batch["query_gt"], post.kl(), kl_weight=self.model.kl_weight)
+
+    def sample(self, params, frozen, rng, batch):
+        data = {k: batch[k] for k in VECSET_INPUT_KEYS}
+        mean, _ = self.model.apply({"params": params["model"]}, data, method="encode")
+        return decode_vecset_grids(self.model, params["model"], mean, self.config.sampler.grid_resolution)
+
+
+def decode_vecset_grids(vae: VecSetVAE, vae_params, latents, resolution: int):
+    """Dense (R+1)³ TSDF grids of each latent set (queried in chunks)."""
+    from jaxshape.geometry import decode_dense
+
+    grids = []
+    query = jax.jit(lambda pts, hidden: vae.apply({"params": vae_params}, pts[None], hidden, method="query")[0])
+    for z in latents:
+        hidden = vae.apply({"params": vae_params}, z[None], method="decode")
+        grids.append(decode_dense(lambda p: query(jnp.asarray(p), hidden), resolution,
+                                  max_points_per_query=min(8192, (resolution + 1) ** 3)))
+    return grids
+
+
+class VecSetFlowTask(_FlowTask):
+    stage = "vecset_flow"
+    targets = ("vecset",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.fields = VECSET_INPUT_KEYS + self.cond_fields
+        self.model = VecSetDiT(**model_kwargs(config.model, config))
+        self.conditioner = self._cond_module(self.model.context_dim or self.model.hidden_dim)
+        vae_cfg, vae_params = load_frozen_vae(config.vae_checkpoint, "vecset_vae")
+        self.vae = VecSetVAE(**vae_cfg["model"])
+        self.vae_params = vae_params
+        if self.vae.latent_dim != self.model.latent_dim:
+            raise ValueError(f"model.latent_dim ({self.model.latent_dim}) != the VAE's latent_dim "
+                             f"({self.vae.latent_dim})")
+
+    def latents(self, frozen, batch):
+        data = {k: batch[k] for k in VECSET_INPUT_KEYS}
+        mean, _ = self.vae.apply({"params": frozen["vae"]["model"]}, data, method="encode")
+        return jax.lax.stop_gradient(jnp.nan_to_num(mean, nan=0.0))
+
+    def external_frozen(self):
+        return {"vae": self.vae_params}
+
+    def init(self, rng, batch):
+        k1, k2 = jax.random.split(rng)
+        x0 = jax.eval_shape(self.latents, self.external_frozen(), batch)
+        frozen = {}
+        b = x0.shape[0]
+        params = {}
+        ctx = self.model.context_dim or self.model.hidden_dim
+        if self.conditioner is not None:
+            params["conditioner"] = self.conditioner.init(k2, jnp.zeros((b,), jnp.int32))["params"]
+            cond = jnp.zeros((b, self.config.cond.get("tokens", 1), ctx))
+        else:
+            cond = batch["cond_features"].astype(jnp.float32)
+        params["model"] = self.model.init(k1, jnp.zeros(x0.shape), cond, jnp.zeros((b,)))["params"]
+        return params, frozen
+
+    def velocity(self, params, x, t, cond):
+        return self.model.apply({"params": params["model"]}, x, cond, t)
+
+    def loss(self, params, frozen, batch, rng):
+        kt, kn, kc = jax.random.split(rng, 3)
+        x0 = self.latents(frozen, batch)
+        f = self.config.flow
+        sigma, t = flow.sample_sigma_partpacker(kt, x0.shape[0], f.mean, f.std, f.shift)
+        x_t, target = flow.partpacker_noising(x0, jax.random.normal(kn, x0.shape), sigma)
+        pred = self.velocity(params, x_t, t, self.condition(params, batch, kc, drop=True))
+        loss = flow.mse(pred, target)
+        return loss, {"mse": loss}
+
+    def sample(self, params, frozen, rng, batch):
+        s = self.config.sampler
+        b = batch[self.cond_fields[0]].shape[0]
+        cond = self.condition(params, batch, rng, drop=False)
+        uncond = self.uncondition(params, b, cond)
+        n_tokens = batch["fps_indices"].shape[1] + batch["fps_indices_dorases"].shape[1]
+        noise = jax.random.normal(rng, (b, n_tokens, self.model.latent_dim))
+        z = flow.euler_sample(lambda x, t, c: self.velocity(params, x, t, c), noise, cond, uncond,
+                              flow.partpacker_sigmas(s.steps, self.config.flow.shift), guidance=s.cfg_strength,
+                              convention="partpacker")
+        return decode_vecset_grids(self.vae, frozen["vae"]["model"], z, s.grid_resolution)
+
+
+def make_task(config) -> Task:
+    tasks = {"ss_vae": SSVAETask, "ss_flow": SSFlowTask, "vecset_vae": VecSetVAETask, "vecset_flow": VecSetFlowTask}
+    if config.stage not in tasks:
+        raise ValueError(f"stage must be one of {STAGES}, got {config.stage!r}")
+    return tasks[config.stage](config)
