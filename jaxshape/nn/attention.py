@@ -17,6 +17,7 @@ Heads are contiguous blocks of ``D = C / H`` features inside each of q, k, v.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Literal, Optional
 
 import flax.linen as nn
@@ -27,7 +28,12 @@ from jaxshape.nn.embeddings import apply_rope
 from jaxshape.nn.linear import Dense
 from jaxshape.nn.norms import LayerNorm, MultiHeadRMSNorm, RMSNorm
 
-AttentionImpl = Optional[Literal["xla", "cudnn", "chunked", "reference"]]
+AttentionImpl = Optional[Literal["xla", "cudnn", "chunked", "flash", "reference"]]
+
+# CPU: switch from XLA's materialised-logits attention to the blocked kernel below once the logits of one call
+# (B·H·Lq·Lk fp32) exceed this many elements (16 MiB), where memory traffic starts to dominate.
+FLASH_MIN_LOGITS = 1 << 22
+FLASH_QUERY_CHUNK = 256
 
 _NAMES = {
     "trellis": dict(qkv="to_qkv", q="to_q", kv="to_kv", out="to_out"),
@@ -42,11 +48,93 @@ def _reference_attention(q, k, v, scale):
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+def _pad_chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """[B, H, L, D] -> [n, B, H, chunk, D] (zero-padded at the end of L)."""
+    b, h, length, d = x.shape
+    n = -(-length // chunk)
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, n * chunk - length), (0, 0)))
+    return x.reshape(b, h, n, chunk, d).transpose(2, 0, 1, 3, 4)
+
+
+def _unchunk(x: jax.Array, length: int) -> jax.Array:
+    """[n, B, H, chunk, D] -> [B, H, L, D]."""
+    n, b, h, c = x.shape[:4]
+    return x.transpose(1, 2, 0, 3, 4).reshape(b, h, n * c, *x.shape[4:])[:, :, :length]
+
+
+def _flash_forward(q, k, v, scale, chunk):
+    """q [B,H,Lq,D], k/v [B,H,Lk,D] -> (out [B,H,Lq,D], logsumexp [B,H,Lq] fp32); one query chunk at a time."""
+    lq = q.shape[2]
+
+    def one(qi):
+        s = jnp.einsum("bhqd,bhkd->bhqk", qi, k, preferred_element_type=jnp.float32) * scale
+        m = jnp.max(s, axis=-1, keepdims=True)
+        p = jnp.exp(s - m)
+        denom = jnp.sum(p, axis=-1, keepdims=True)
+        o = jnp.einsum("bhqk,bhkd->bhqd", (p / denom).astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return o.astype(q.dtype), (m + jnp.log(denom))[..., 0]
+
+    o, lse = jax.lax.map(one, _pad_chunks(q, chunk))
+    return _unchunk(o, lq), _unchunk(lse[..., None], lq)[..., 0]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _flash_attention(q, k, v, scale, chunk):
+    return _flash_forward(q, k, v, scale, chunk)[0]
+
+
+def _flash_fwd(q, k, v, scale, chunk):
+    o, lse = _flash_forward(q, k, v, scale, chunk)
+    return o, (q, k, v, o, lse)
+
+
+def _flash_bwd(scale, chunk, res, do):
+    """Flash-attention backward: probabilities recomputed per query chunk from the saved logsumexp; dK, dV
+    accumulated in fp32 over chunks. Memory O(chunk · Lk) instead of O(Lq · Lk)."""
+    q, k, v, o, lse = res
+    lq = q.shape[2]
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [B,H,Lq]
+    xs = (_pad_chunks(q, chunk), _pad_chunks(do, chunk), _pad_chunks(lse[..., None], chunk)[..., 0],
+          _pad_chunks(delta[..., None], chunk)[..., 0])
+
+    def one(carry, x):
+        dk, dv = carry
+        qi, doi, lsei, di = x
+        s = jnp.einsum("bhqd,bhkd->bhqk", qi, k, preferred_element_type=jnp.float32) * scale
+        p = jnp.exp(s - lsei[..., None])
+        dv = dv + jnp.einsum("bhqk,bhqd->bhkd", p.astype(do.dtype), doi, preferred_element_type=jnp.float32)
+        dp = jnp.einsum("bhqd,bhkd->bhqk", doi, v, preferred_element_type=jnp.float32)
+        ds = (p * (dp - di[..., None]) * scale).astype(q.dtype)
+        dqi = jnp.einsum("bhqk,bhkd->bhqd", ds, k, preferred_element_type=jnp.float32)
+        dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds, qi, preferred_element_type=jnp.float32)
+        return (dk, dv), dqi.astype(q.dtype)
+
+    zeros = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+    (dk, dv), dq = jax.lax.scan(one, zeros, xs)
+    return _unchunk(dq, lq), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_flash_attention.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: Optional[float] = None,
+                    query_chunk_size: int = FLASH_QUERY_CHUNK) -> jax.Array:
+    """Blocked (flash-style) attention in plain XLA, BTNH layout, with a custom VJP that recomputes the
+    probabilities per query chunk instead of storing them. The same numbers as softmax attention up to fp32
+    rounding; memory O(chunk · Lk). Fastest on CPU for long sequences (see docs/performance.md)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    chunk = max(1, min(query_chunk_size, q.shape[1]))
+    t = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  BTNH <-> BNTH
+    return t(_flash_attention(t(q), t(k), t(v), float(scale), int(chunk)))
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: AttentionImpl = None,
                           query_chunk_size: int = 1024) -> jax.Array:
     """``softmax(q kᵀ / sqrt(D)) v`` per head, no mask. Layout BTNH: q [B, Lq, H, D], k/v [B, Lk, H, D].
 
-    ``implementation``: ``None`` = automatic (cuDNN flash attention on GPU for fp16/bf16, XLA otherwise);
+    ``implementation``: ``None`` = automatic (cuDNN flash attention on GPU for fp16/bf16; on CPU
+    :func:`flash_attention` when the logits would exceed ``FLASH_MIN_LOGITS`` elements; XLA otherwise);
+    ``"flash"`` (:func:`flash_attention`, any backend);
     ``"xla"``, ``"cudnn"`` (``jax.nn.dot_product_attention``); ``"chunked"`` (XLA over query chunks of
     ``query_chunk_size``: bounded memory for long sequences); ``"reference"`` (einsum + fp32 softmax).
     Softmax is always in fp32. An empty key set (Lk = 0) gives zeros, as PyTorch SDPA does.
@@ -56,8 +144,17 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implement
     scale = 1.0 / math.sqrt(q.shape[-1])
     impl = implementation
     if impl is None:
-        on_gpu = jax.default_backend() == "gpu"
-        impl = "cudnn" if on_gpu and q.dtype in (jnp.float16, jnp.bfloat16) else "xla"
+        backend = jax.default_backend()
+        logits = q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
+        if backend == "gpu" and q.dtype in (jnp.float16, jnp.bfloat16):
+            impl = "cudnn"
+        elif backend == "cpu" and logits >= FLASH_MIN_LOGITS:
+            impl = "flash"
+        else:
+            impl = "xla"
+    if impl == "flash":
+        return flash_attention(q, k, v, scale=scale, query_chunk_size=query_chunk_size
+                               if implementation == "flash" else FLASH_QUERY_CHUNK)
     if impl == "reference":
         return _reference_attention(q, k, v, scale)
     if impl in ("xla", "cudnn"):

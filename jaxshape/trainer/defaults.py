@@ -12,6 +12,7 @@ def common_config(stage: str) -> ml_collections.ConfigDict:
     c.keep_last = 2
     c.keep_best = 1
     c.sample_every = 0  # 0: only at the end
+    c.sample_at_end = True
     c.num_samples = 4
     c.async_checkpointing = True
     c.progress = True

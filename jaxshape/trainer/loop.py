@@ -126,7 +126,7 @@ def build_train_step(task, tx, config) -> Callable:
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   ema_params=ema_update(state.ema_params, params, config.ema_decay))
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
         return new_state, metrics
 
     return train_step
@@ -243,7 +243,8 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
             if ckpt.save(done, state, it, loss=loss, force=(done == total)):
                 last_good = done
             sample_every = config.get("sample_every", 0)
-            if is_main and ((sample_every and done % sample_every == 0) or done == config.steps):
+            at_end = done == config.steps and config.get("sample_at_end", True)
+            if is_main and ((sample_every and done % sample_every == 0) or at_end):
                 outputs = task.sample(state.ema_params, frozen, jax.random.key(config.seed + done),
                                       {k: jnp.asarray(v) for k, v in sample_batch.items()})
                 samples = _save_samples(task, outputs, workdir / "samples" / f"step_{done:07d}")

@@ -23,7 +23,7 @@ def adaptive_grad_clip(max_norm: float = 1.0, percentile: float = 95.0, buffer_s
 
     def update_fn(updates, state, params=None):
         del params
-        norm = optax.global_norm(updates)
+        norm = optax.tree.norm(updates)
         full = state.count >= buffer_size
         threshold = jnp.where(full, jnp.minimum(jnp.percentile(state.norms, percentile), max_norm), max_norm)
         scale = jnp.where(norm > threshold, threshold / jnp.maximum(norm, 1e-12), 1.0)
