@@ -22,9 +22,9 @@ def vae_config(size: str = "released") -> ml_collections.ConfigDict:
     c = _common("ss_vae")
     if size == "demo":
         enc = dict(in_channels=1, latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1,
-                   channels=[16, 32, 64])
+                   channels=(16, 32, 64))
         dec = dict(out_channels=1, latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1,
-                   channels=[64, 32, 16])
+                   channels=(64, 32, 16))
     else:
         enc = released_args("ss_enc_conv3d_16l8_fp16")[1]
         dec = released_args("ss_dec_conv3d_16l8_fp16")[1]

@@ -45,15 +45,29 @@ def run_pipeline(config, workdir: str) -> dict:
             with stage_cfg.unlocked():
                 stage_cfg.vae_checkpoint = trained[vae_stage]
         stage_dir = os.path.join(workdir, name)
-        logging.info("=== stage %s -> %s", name, stage_dir)
+        logging.getLogger("jaxshape.train").info("stage %s -> %s", name, stage_dir)
         results[name] = run(stage_cfg, stage_dir)
         trained[stage_cfg.stage] = stage_dir
     return results
 
 
+def _setup_logging() -> None:
+    """jaxshape's own messages at INFO; absl / Orbax chatter only from WARNING up."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    ours = logging.getLogger("jaxshape")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+
+
 def main(argv) -> None:
     del argv
-    logging.getLogger().setLevel(logging.INFO)
+    _setup_logging()
     results = run_pipeline(FLAGS.config, FLAGS.workdir)
     for name, r in results.items():
         losses = r["losses"]

@@ -184,3 +184,16 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
     # then agree to within a few 1e-5 (posterior samples differ per micro-batch rng, so not bit-exact)
     assert abs(full[0] - acc[0]) / abs(full[0]) < 0.05
     assert np.all(np.isfinite(acc))
+
+
+@pytest.mark.parametrize("stage", ["ss_flow", "vecset_flow"])
+def test_pre_encoded_latents_give_the_same_training(stage, vae_dirs, tmp_path):
+    """Encoding the dataset once (cached in the workdir) trains exactly like encoding every step."""
+    one = make_mesh(1, 1, jax.devices()[:1])
+    fly = run(_cfg(stage, vae_dirs), tmp_path / "fly", mesh=one)["losses"]
+    pre = run(_cfg(stage, vae_dirs, pre_encode=True), tmp_path / "pre", mesh=one)["losses"]
+    np.testing.assert_allclose(pre, fly, rtol=1e-5)
+    cache = list((tmp_path / "pre").glob("latents_process0-of-1.npz"))
+    assert len(cache) == 1
+    with np.load(cache[0]) as z:
+        assert z["latent"].shape[0] == 16 and z["class_label"].shape == (16,)

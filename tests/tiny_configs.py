@@ -23,9 +23,9 @@ def get_config(stage: str = "ss_vae") -> ml_collections.ConfigDict:
                                                       num_fps_salient=16, num_queries=128))
     if stage == "ss_vae":
         c.model = ml_collections.ConfigDict(dict(
-            encoder=dict(in_channels=1, latent_channels=4, num_res_blocks=1, num_res_blocks_middle=1, channels=[4, 8]),
+            encoder=dict(in_channels=1, latent_channels=4, num_res_blocks=1, num_res_blocks_middle=1, channels=(4, 8)),
             decoder=dict(out_channels=1, latent_channels=4, num_res_blocks=1, num_res_blocks_middle=1,
-                         channels=[8, 4])))
+                         channels=(8, 4))))
         c.loss = ml_collections.ConfigDict(dict(type="dice", kl_weight=1e-3))
     elif stage == "ss_flow":
         c.model = ml_collections.ConfigDict(dict(

@@ -13,10 +13,10 @@ _SS_FLOW = dict(resolution=16, in_channels=8, out_channels=8, mlp_ratio=4, patch
 RELEASED: dict[str, tuple[str, dict]] = {
     # microsoft/TRELLIS-image-large/ckpts
     "ss_enc_conv3d_16l8_fp16": ("SparseStructureEncoder", dict(
-        in_channels=1, latent_channels=8, num_res_blocks=2, num_res_blocks_middle=2, channels=[32, 128, 512],
+        in_channels=1, latent_channels=8, num_res_blocks=2, num_res_blocks_middle=2, channels=(32, 128, 512),
         use_fp16=True)),
     "ss_dec_conv3d_16l8_fp16": ("SparseStructureDecoder", dict(
-        out_channels=1, latent_channels=8, num_res_blocks=2, num_res_blocks_middle=2, channels=[512, 128, 32],
+        out_channels=1, latent_channels=8, num_res_blocks=2, num_res_blocks_middle=2, channels=(512, 128, 32),
         use_fp16=True)),
     "ss_flow_img_dit_L_16l8_fp16": ("SparseStructureFlowModel", dict(
         _SS_FLOW, model_channels=1024, cond_channels=1024, num_blocks=24, num_heads=16)),

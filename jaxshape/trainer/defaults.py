@@ -18,6 +18,7 @@ def common_config(stage: str) -> ml_collections.ConfigDict:
     c.progress = True
     c.dtype = "float32"  # compute dtype of the trained model ("bfloat16" on accelerators)
     c.grad_accum_steps = 1
+    c.pre_encode = False  # flow stages: encode the dataset once with the frozen VAE instead of every step
     c.ema_decay = 0.9999
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     c.distributed = False  # call jax.distributed.initialize() (multi-host)

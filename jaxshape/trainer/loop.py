@@ -60,37 +60,68 @@ def validate_config(config, mesh) -> None:
         raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
 
 
-def make_data_iterator(config, task, process_index: int, process_count: int):
-    """This process's data iterator (global batch / process count examples per step)."""
-    d = config.data
-    if d.source == "synthetic":
-        from jaxshape.trainer.synthetic import SyntheticIterator
+def _records_path(d, targets) -> str:
+    if d.source == "embedded":
+        from jaxshape.data.procedural import embedded_records
 
+        return embedded_records(d.num_shapes, targets=targets, resolution=d.resolution,
+                                points=d.get("points", 4096), seed=d.get("seed", 0))
+    if not d.path:
+        raise ValueError("data.path must name a folder written by `python -m jaxshape.data.prepare` "
+                         "when data.source='records'")
+    return d.path
+
+
+def make_data_iterator(config, task, process_index: int, process_count: int, *, fields=None,
+                       one_epoch: bool = False):
+    """This process's data iterator (global batch / process count examples per step). ``one_epoch``: a single
+    ordered pass over this process's shard (for pre-encoding), the last batch possibly short."""
+    d = config.data
+    fields = tuple(fields or task.fields)
+    if d.source == "synthetic":
+        from jaxshape.trainer.synthetic import SyntheticIterator, make_example
+
+        kwargs = dict(d.get("synthetic", {}))
+        if one_epoch:
+            idx = list(range(process_index, d.num_examples, process_count))
+            local = d.batch_size // process_count
+
+            def epoch():
+                for i in range(0, len(idx), local):
+                    exs = [make_example(j, d.get("seed", 0), **kwargs) for j in idx[i:i + local]]
+                    yield {k: np.stack([e[k] for e in exs]) for k in fields}
+
+            return epoch()
         return SyntheticIterator(d.batch_size, num_examples=d.get("num_examples", 64), seed=d.get("seed", 0),
-                                 process_index=process_index, process_count=process_count, fields=set(task.fields),
-                                 **dict(d.get("synthetic", {})))
+                                 process_index=process_index, process_count=process_count, fields=set(fields),
+                                 **kwargs)
     if d.source in ("records", "embedded"):
         from jaxshape.data.pipeline import AugmentConfig, DeviceIterator, make_dataset
 
-        if d.source == "embedded":
-            from jaxshape.data.procedural import embedded_records
-
-            path = embedded_records(d.num_shapes, targets=task.targets, resolution=d.resolution,
-                                    points=d.get("points", 4096), seed=d.get("seed", 0))
-        else:
-            if not d.path:
-                raise ValueError("data.path must name a folder written by `python -m jaxshape.data.prepare` "
-                                 "when data.source='records'")
-            path = d.path
+        path = _records_path(d, task.targets)
         nq = d.get("num_queries", None)
         a = d.augment
         aug = AugmentConfig(mirror_p=a.mirror_p, rotate=a.rotate or None, occupancy_flips=a.occupancy_flips)
-        ds = make_dataset(path, d.batch_size // process_count, keys=task.fields, seed=d.get("seed", 0),
-                          shuffle=d.get("shuffle", True), process_index=process_index, process_count=process_count,
-                          num_queries=None if not nq else tuple(nq), augment=aug,
-                          worker_count=d.get("worker_count", 0))
+        ds = make_dataset(path, d.batch_size // process_count, keys=fields, seed=d.get("seed", 0),
+                          shuffle=d.get("shuffle", True) and not one_epoch, process_index=process_index,
+                          process_count=process_count, num_queries=None if not nq else tuple(nq),
+                          augment=None if one_epoch else aug, worker_count=d.get("worker_count", 0),
+                          num_epochs=1 if one_epoch else None, drop_remainder=not one_epoch)
+        if one_epoch:
+            return iter(ds)
         return DeviceIterator(ds, sharding=None, buffer_size=d.get("prefetch", 2))
     raise ValueError(f"data.source must be 'synthetic', 'records' or 'embedded', got {d.source!r}")
+
+
+def pre_encoded_iterator(config, task, workdir: Path):
+    """Encode this process's shard once with the frozen VAE (cached in the workdir) and iterate over it."""
+    from jaxshape.trainer.latents import ArrayIterator, encode_dataset
+
+    pi, pc = jax.process_index(), jax.process_count()
+    epoch = make_data_iterator(config, task, pi, pc, fields=task.encoder_fields + task.cond_fields, one_epoch=True)
+    arrays = encode_dataset(task, jax.device_put(task.external_frozen()), epoch, task.cond_fields,
+                            workdir / f"latents_process{pi}-of-{pc}.npz")
+    return ArrayIterator(arrays, config.data.batch_size // pc, seed=config.data.get("seed", 0))
 
 
 def _peek(it) -> dict:
@@ -164,8 +195,12 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
     mesh = mesh or shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     validate_config(config, mesh)
     task = make_task(config)
-    it = data_iter if data_iter is not None else make_data_iterator(config, task, jax.process_index(),
-                                                                    jax.process_count())
+    if data_iter is not None:
+        it = data_iter
+    elif config.get("pre_encode", False):
+        it = pre_encoded_iterator(config, task, workdir)
+    else:
+        it = make_data_iterator(config, task, jax.process_index(), jax.process_count())
     raw = _peek(it)
     task.validate({k: np.shape(v) for k, v in raw.items()})
     example = task.host_batch(raw, 0)

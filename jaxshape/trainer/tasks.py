@@ -186,6 +186,8 @@ class SSFlowTask(_FlowTask):
         self.fields = ("occupancy",) + self.cond_fields
         self.model = SparseStructureFlowModel(**model_kwargs(config.model, config))
         self.conditioner = self._cond_module(self.model.cond_channels)
+        if config.get("pre_encode", False):
+            self.fields = ("latent",) + self.cond_fields
         vae_cfg, vae_params = load_frozen_vae(config.vae_checkpoint, "ss_vae")
         enc_args = dict(vae_cfg["model"]["encoder"])
         dec_args = dict(vae_cfg["model"]["decoder"])
@@ -196,7 +198,11 @@ class SSFlowTask(_FlowTask):
             raise ValueError(f"model.in_channels ({self.model.in_channels}) != the VAE's latent_channels "
                              f"({enc_args['latent_channels']})")
 
+    encoder_fields = ("occupancy",)
+
     def latents(self, frozen, batch):
+        if "latent" in batch:  # pre-encoded
+            return batch["latent"].astype(jnp.float32)
         occ = batch["occupancy"].astype(jnp.float32)
         return jax.lax.stop_gradient(self.encoder.apply({"params": frozen["vae"]["encoder"]}, occ))
 
@@ -208,8 +214,7 @@ class SSFlowTask(_FlowTask):
         x0 = jax.eval_shape(self.latents, self.external_frozen(), batch)
         frozen = {}
         if x0.shape[1] != self.model.resolution:
-            raise ValueError(f"model.resolution ({self.model.resolution}) != the VAE latent grid ({x0.shape[1]}) "
-                             f"of occupancy {batch['occupancy'].shape[1]}³")
+            raise ValueError(f"model.resolution ({self.model.resolution}) != the VAE latent grid ({x0.shape[1]})")
         b = x0.shape[0]
         params = {}
         if self.conditioner is not None:
@@ -319,6 +324,8 @@ class VecSetFlowTask(_FlowTask):
         self.fields = VECSET_INPUT_KEYS + self.cond_fields
         self.model = VecSetDiT(**model_kwargs(config.model, config))
         self.conditioner = self._cond_module(self.model.context_dim or self.model.hidden_dim)
+        if config.get("pre_encode", False):
+            self.fields = ("latent",) + self.cond_fields
         vae_cfg, vae_params = load_frozen_vae(config.vae_checkpoint, "vecset_vae")
         self.vae = VecSetVAE(**vae_cfg["model"])
         self.vae_params = vae_params
@@ -326,7 +333,11 @@ class VecSetFlowTask(_FlowTask):
             raise ValueError(f"model.latent_dim ({self.model.latent_dim}) != the VAE's latent_dim "
                              f"({self.vae.latent_dim})")
 
+    encoder_fields = VECSET_INPUT_KEYS
+
     def latents(self, frozen, batch):
+        if "latent" in batch:  # pre-encoded
+            return batch["latent"].astype(jnp.float32)
         data = {k: batch[k] for k in VECSET_INPUT_KEYS}
         mean, _ = self.vae.apply({"params": frozen["vae"]["model"]}, data, method="encode")
         return jax.lax.stop_gradient(jnp.nan_to_num(mean, nan=0.0))
@@ -367,7 +378,8 @@ class VecSetFlowTask(_FlowTask):
         b = batch[self.cond_fields[0]].shape[0]
         cond = self.condition(params, batch, rng, drop=False)
         uncond = self.uncondition(params, b, cond)
-        n_tokens = batch["fps_indices"].shape[1] + batch["fps_indices_dorases"].shape[1]
+        n_tokens = (batch["latent"].shape[1] if "latent" in batch
+                    else batch["fps_indices"].shape[1] + batch["fps_indices_dorases"].shape[1])
         noise = jax.random.normal(rng, (b, n_tokens, self.model.latent_dim))
         z = flow.euler_sample(lambda x, t, c: self.velocity(params, x, t, c), noise, cond, uncond,
                               flow.partpacker_sigmas(s.steps, self.config.flow.shift), guidance=s.cfg_strength,

@@ -1,0 +1,93 @@
+"""Exactness of the performance formulations: each fast path equals the plain formulation to fp32 rounding,
+forward and gradients. (No timing here; see experiments/bench_models.py.)"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxshape.nn import attention as A
+from jaxshape.nn.conv3d import SpaceToDepthConv3d
+
+
+@pytest.fixture(autouse=True)
+def _highest_precision():
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+# (B, Lq, Lk, H, D, query chunk): chunk dividing Lq, not dividing (padding), larger than Lq
+FLASH_CASES = [(2, 64, 64, 2, 16, 16), (2, 37, 23, 3, 8, 8), (1, 100, 7, 2, 4, 33), (1, 5, 2, 1, 8, 256)]
+
+
+@pytest.mark.parametrize("b,lq,lk,h,d,chunk", FLASH_CASES)
+def test_flash_attention_matches_reference_forward_and_gradients(b, lq, lk, h, d, chunk):
+    rng = np.random.default_rng(lq + lk)
+    q, k, v, w = (jnp.asarray(rng.standard_normal(s).astype(np.float32) * 2)
+                  for s in [(b, lq, h, d), (b, lk, h, d), (b, lk, h, d), (b, lq, h, d)])
+    scale = 1.0 / np.sqrt(d)
+    out = A.flash_attention(q, k, v, query_chunk_size=chunk)
+    ref = A._reference_attention(q, k, v, scale)
+    assert out.shape == ref.shape
+    assert _rel(out, ref) <= 2e-6
+    assert _rel(out, jax.nn.dot_product_attention(q, k, v)) <= 2e-6
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
+
+    g = jax.grad(loss(lambda q, k, v: A.flash_attention(q, k, v, query_chunk_size=chunk)), (0, 1, 2))(q, k, v)
+    gr = jax.grad(loss(lambda q, k, v: A._reference_attention(q, k, v, scale)), (0, 1, 2))(q, k, v)
+    for a, r in zip(g, gr):  # fp32 rounding; a 2-key softmax gradient has some cancellation
+        assert _rel(a, r) <= 3e-5
+
+
+def test_flash_attention_jits_and_bf16_close():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 40, 2, 16)).astype(np.float32)) for _ in range(3))
+    ref = A._reference_attention(q, k, v, 0.25)
+    out = jax.jit(lambda q, k, v: A.flash_attention(q, k, v, query_chunk_size=16))(q, k, v)
+    assert _rel(out, ref) <= 2e-6
+    bf = A.flash_attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16),
+                           query_chunk_size=16)
+    assert bf.dtype == jnp.bfloat16
+    assert _rel(bf.astype(jnp.float32), ref) <= 3e-2
+
+
+def test_dispatch_uses_flash_on_cpu_only_above_threshold(monkeypatch):
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 32, 2, 8)).astype(np.float32)) for _ in range(3))
+    calls = []
+    real = A.flash_attention
+    monkeypatch.setattr(A, "flash_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    small = A.dot_product_attention(q, k, v)
+    assert calls == []  # 2·32·32 logits: XLA path
+    monkeypatch.setattr(A, "FLASH_MIN_LOGITS", 16)
+    big = A.dot_product_attention(q, k, v)
+    assert calls == ([1] if jax.default_backend() == "cpu" else [])
+    assert _rel(big, small) <= 2e-6
+    assert _rel(A.dot_product_attention(q, k, v, implementation="flash", query_chunk_size=8), small) <= 2e-6
+
+
+def test_space_to_depth_conv_equals_strided_conv():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 8, 6, 4, 5)).astype(np.float32))
+    m = SpaceToDepthConv3d(7, 2)
+    v = nn.meta.unbox(m.init(jax.random.key(0), x))
+    kern, bias = v["params"]["kernel"], v["params"]["bias"]
+
+    def conv(x, kern):
+        return lax.conv_general_dilated(x, kern, (2, 2, 2), "VALID",
+                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC")) + bias
+
+    assert _rel(m.apply(v, x), conv(x, kern)) <= 1e-6
+    w = jnp.asarray(rng.standard_normal((2, 4, 3, 2, 7)).astype(np.float32))
+    gm = jax.grad(lambda x, k: jnp.sum(m.apply({"params": {"kernel": k, "bias": bias}}, x) * w), (0, 1))(x, kern)
+    gc = jax.grad(lambda x, k: jnp.sum(conv(x, k) * w), (0, 1))(x, kern)
+    for a, r in zip(gm, gc):
+        assert _rel(a, r) <= 1e-6
