@@ -22,17 +22,26 @@ VAE_OF = {"ss_flow": "ss_vae", "vecset_flow": "vecset_vae"}
 
 
 def _maybe_init_distributed(config) -> None:
+    """``jax.distributed.initialize()`` when ``config.distributed``: cluster auto-detection (TPU pods, Slurm,
+    Open MPI, Kubernetes), or explicit ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``
+    environment variables (e.g. several processes on one machine, or a hand-rolled GPU cluster)."""
     import jax
 
-    if config.get("distributed", False) and not jax.distributed.is_initialized():
-        jax.distributed.initialize()  # auto-detects TPU pods, Slurm, Open MPI, Kubernetes; else JAX_* env vars
+    if not config.get("distributed", False) or jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    if os.environ.get("JAX_NUM_PROCESSES"):
+        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(**kwargs)
 
 
 def run_pipeline(config, workdir: str) -> dict:
     from jaxshape.trainer.loop import run
 
+    _maybe_init_distributed(config)
     if "order" not in config:
-        _maybe_init_distributed(config)
         return {config.stage: run(config, workdir)}
     results, trained = {}, {}
     for name in config.order:

@@ -197,3 +197,31 @@ def test_pre_encoded_latents_give_the_same_training(stage, vae_dirs, tmp_path):
     assert len(cache) == 1
     with np.load(cache[0]) as z:
         assert z["latent"].shape[0] == 16 and z["class_label"].shape == (16,)
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """Multi-host on one machine: 2 processes x 2 CPU devices (jax.distributed, gloo collectives on loopback),
+    each reading its own half of every batch, give the losses of 1 process x 4 devices."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "jaxshape.train", f"--config={REPO}/tests/tiny_configs.py:ss_vae",
+           "--config.steps=3", "--config.mesh.fsdp=2"]
+    single = subprocess.run(cmd + [f"--workdir={tmp_path / 'single'}"], cwd=REPO, capture_output=True, text=True,
+                            env=dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=4"), timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    procs = []
+    for pid in range(2):
+        env = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(pid), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}")
+        procs.append(subprocess.Popen(cmd + [f"--workdir={tmp_path / 'multi'}", "--config.distributed=True"],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    single_l, multi_l = _logged_losses(tmp_path / "single"), _logged_losses(tmp_path / "multi")
+    assert sorted(multi_l) == [1, 2, 3]
+    np.testing.assert_allclose([multi_l[s] for s in (1, 2, 3)], [single_l[s] for s in (1, 2, 3)], rtol=1e-5)

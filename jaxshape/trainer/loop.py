@@ -163,6 +163,15 @@ def build_train_step(task, tx, config) -> Callable:
     return train_step
 
 
+def _gather_to_host(tree):
+    """Host copies of (possibly multi-host sharded) arrays, identical on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def _save_samples(task, outputs, directory: Path) -> list[str]:
     from jaxshape.geometry import export_mesh, extract_mesh
     from jaxshape.geometry.preview import save_preview
@@ -279,11 +288,14 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
                 last_good = done
             sample_every = config.get("sample_every", 0)
             at_end = done == config.steps and config.get("sample_at_end", True)
-            if is_main and ((sample_every and done % sample_every == 0) or at_end):
-                outputs = task.sample(state.ema_params, frozen, jax.random.key(config.seed + done),
-                                      {k: jnp.asarray(v) for k, v in sample_batch.items()})
-                samples = _save_samples(task, outputs, workdir / "samples" / f"step_{done:07d}")
-                log.info("step %d: wrote %d samples", done, len(samples))
+            if (sample_every and done % sample_every == 0) or at_end:
+                params, frz = _gather_to_host((state.ema_params, frozen))  # collective: every process calls it
+                if is_main:
+                    outputs = task.sample(params, frz, jax.random.key(config.seed + done),
+                                          {k: jnp.asarray(v) for k, v in sample_batch.items()})
+                    samples = _save_samples(task, outputs, workdir / "samples" / f"step_{done:07d}")
+                    log.info("step %d: wrote %d samples to %s", done, len(samples),
+                             workdir / "samples" / f"step_{done:07d}")
     finally:
         ckpt.close()
         writer.close()

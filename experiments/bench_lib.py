@@ -1,0 +1,157 @@
+"""Helpers for ``bench_models.py``: analytic FLOP counts from a jaxpr, interleaved timing, peak-memory sampling,
+the matmul peak of this machine, and a machine description. Nothing here asserts a timing."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------- FLOPs
+
+
+def _dot_flops(eqn) -> float:
+    lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    batch = math.prod(lhs[i] for i in lb)
+    contract = math.prod(lhs[i] for i in lc)
+    lfree = math.prod(s for i, s in enumerate(lhs) if i not in lc and i not in lb)
+    rfree = math.prod(s for i, s in enumerate(rhs) if i not in rc and i not in rb)
+    return 2.0 * batch * contract * lfree * rfree
+
+
+def _conv_flops(eqn) -> float:
+    rhs = eqn.invars[1].aval.shape
+    out = eqn.outvars[0].aval.shape
+    dn = eqn.params["dimension_numbers"]
+    # rhs spec: (out feature dim, in feature dim, spatial...)
+    i_dim = dn.rhs_spec[1]
+    k_spatial = math.prod(rhs[d] for d in dn.rhs_spec[2:])
+    return 2.0 * math.prod(out) * k_spatial * rhs[i_dim]
+
+
+def jaxpr_flops(jaxpr) -> float:
+    """Multiply-adds ×2 of every ``dot_general`` and ``conv_general_dilated`` (nested jaxprs included; a ``scan``
+    counts ``length`` times). Elementwise work, norms and softmax exponentials are not counted."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            total += _dot_flops(eqn)
+        elif name == "conv_general_dilated":
+            total += _conv_flops(eqn)
+        mult = eqn.params.get("length", 1) if name == "scan" else 1
+        for key, val in eqn.params.items():
+            subs = val if isinstance(val, (tuple, list)) else (val,)
+            inner = []
+            for s in subs:
+                if isinstance(s, jax.extend.core.ClosedJaxpr):
+                    inner.append(jaxpr_flops(s.jaxpr))
+                elif isinstance(s, jax.extend.core.Jaxpr):
+                    inner.append(jaxpr_flops(s))
+            if inner:
+                # cond branches: the most expensive; everything else sums
+                total += mult * (max(inner) if name == "cond" and key == "branches" else sum(inner))
+    return total
+
+
+def count_flops(fn: Callable, *args) -> float:
+    """Analytic matmul/conv FLOPs of ``fn(*args)`` (args may be ``jax.ShapeDtypeStruct``; nothing runs)."""
+    return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def block(x):
+    return jax.block_until_ready(x)
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run every fn ``warmup`` times, then ``reps`` rounds of (fn_1, fn_2, ...) in turn; seconds per call."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    out = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            out[k].append(time.perf_counter() - t)
+    return out
+
+
+def summary(ts: list[float]) -> tuple[float, float]:
+    return min(ts), statistics.median(ts)
+
+
+class PeakRSS:
+    """Peak resident-set growth while the block runs (sampled every ``interval`` s in a thread)."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.delta = self.peak - self.base
+
+
+def matmul_peak(n: int = 2048, reps: int = 7) -> dict[str, float]:
+    """fp32 matmul GFLOP/s of jax.jit and torch (interleaved, min time)."""
+    import jax.numpy as jnp
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    ja = jnp.asarray(a)
+    f = jax.jit(lambda x, y: x @ y)
+    ta = torch.from_numpy(a)
+    ts = interleaved({"jax": lambda: block(f(ja, ja)), "torch": lambda: torch.mm(ta, ta)}, reps, warmup=2)
+    return {k: 2 * n**3 / min(v) / 1e9 for k, v in ts.items()}
+
+
+def machine_description() -> str:
+    import flax
+    import torch
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = float("nan")
+    load = os.getloadavg()
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Python {platform.python_version()}, "
+            f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads); load average at start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
