@@ -225,3 +225,13 @@ def test_two_processes_match_one_process(tmp_path):
     single_l, multi_l = _logged_losses(tmp_path / "single"), _logged_losses(tmp_path / "multi")
     assert sorted(multi_l) == [1, 2, 3]
     np.testing.assert_allclose([multi_l[s] for s in (1, 2, 3)], [single_l[s] for s in (1, 2, 3)], rtol=1e-5)
+
+
+def test_resume_on_a_mesh_of_another_size(tmp_path):
+    """3 steps on 8 devices (data 2 x fsdp 4), resumed for 3 more on 1 device == 6 steps on 1 device."""
+    one = make_mesh(1, 1, jax.devices()[:1])
+    straight = run(_cfg("vecset_vae", steps=6), tmp_path / "a", mesh=one)["losses"]
+    first = run(_cfg("vecset_vae", steps=6), tmp_path / "b", mesh=make_mesh(2, 4), max_steps=3)["losses"]
+    rest = run(_cfg("vecset_vae", steps=6), tmp_path / "b", mesh=one)
+    assert rest["step"] == 6 and len(rest["losses"]) == 3
+    np.testing.assert_allclose(first + rest["losses"], straight, rtol=1e-5)
