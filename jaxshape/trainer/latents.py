@@ -6,7 +6,6 @@ several times faster; at scale it is TRELLIS's own recipe (``encode_ss_latent.py
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -14,48 +13,6 @@ import jax
 import numpy as np
 
 log = logging.getLogger("jaxshape.train")
-
-
-class ArrayIterator:
-    """Batches of in-memory arrays (leading axis = examples), reshuffled each epoch from ``seed``; this process's
-    slice of every global batch; grain's checkpoint protocol (``get_state``/``set_state`` bytes)."""
-
-    def __init__(self, arrays: dict, batch_size: int, *, seed: int = 0, shuffle: bool = True, process_index: int = 0,
-                 process_count: int = 1):
-        self.arrays = arrays
-        self.n = len(next(iter(arrays.values())))
-        if batch_size % process_count:
-            raise ValueError(f"global batch {batch_size} must be divisible by the process count {process_count}")
-        if self.n < batch_size // process_count:
-            raise ValueError(f"{self.n} pre-encoded examples < the per-process batch {batch_size // process_count}")
-        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.process_index, self.process_count = process_index, process_count
-        self.step = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        local = self.batch_size // self.process_count
-        start = self.step * self.batch_size + self.process_index * local
-        idx = []
-        for g in range(start, start + local):
-            epoch, pos = divmod(g, self.n)
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
-            idx.append(perm[pos])
-        self.step += 1
-        return {k: v[np.asarray(idx)] for k, v in self.arrays.items()}
-
-    def get_state(self) -> bytes:
-        return json.dumps({"step": self.step}).encode()
-
-    def set_state(self, state) -> None:
-        if isinstance(state, (bytes, bytearray)):
-            state = json.loads(state.decode())
-        self.step = int(state["step"])
-
-    def start_prefetch(self) -> None:
-        pass
 
 
 def encode_dataset(task, frozen, epoch_iter, keep: tuple, cache: Path) -> dict:

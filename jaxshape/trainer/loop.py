@@ -115,7 +115,8 @@ def make_data_iterator(config, task, process_index: int, process_count: int, *, 
 
 def pre_encoded_iterator(config, task, workdir: Path):
     """Encode this process's shard once with the frozen VAE (cached in the workdir) and iterate over it."""
-    from jaxshape.trainer.latents import ArrayIterator, encode_dataset
+    from jaxshape.trainer.iterators import ArrayIterator
+    from jaxshape.trainer.latents import encode_dataset
 
     pi, pc = jax.process_index(), jax.process_count()
     epoch = make_data_iterator(config, task, pi, pc, fields=task.encoder_fields + task.cond_fields, one_epoch=True)

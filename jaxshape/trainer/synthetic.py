@@ -2,9 +2,9 @@
 libraries, deterministic per example index, and a checkpointable iterator. Real training uses jaxshape.data."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
+
+from jaxshape.trainer.iterators import EpochShuffledIterator
 
 CLASSES = ("sphere", "box")
 
@@ -74,43 +74,16 @@ def make_example(index: int, seed: int, *, resolution: int = 32, num_points: int
     }
 
 
-class SyntheticIterator:
-    """Batches of :func:`make_example`, shuffled per epoch by ``seed``; ``get_state``/``set_state`` resume exactly.
-
-    ``process_index``/``process_count`` take this process's slice of every global batch."""
+class SyntheticIterator(EpochShuffledIterator):
+    """Batches of :func:`make_example` (keys restricted to ``fields``), shuffled per epoch by ``seed``."""
 
     def __init__(self, batch_size: int, *, num_examples: int = 64, seed: int = 0, process_index: int = 0,
                  process_count: int = 1, fields=None, **example_kwargs):
-        if batch_size % process_count:
-            raise ValueError(f"global batch {batch_size} must be divisible by the process count {process_count}")
-        self.batch_size, self.num_examples, self.seed = batch_size, num_examples, seed
-        self.process_index, self.process_count = process_index, process_count
+        super().__init__(num_examples, batch_size, seed=seed, process_index=process_index,
+                         process_count=process_count)
         self.fields, self.kwargs = fields, example_kwargs
-        self.step = 0
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        local = self.batch_size // self.process_count
-        start = self.step * self.batch_size + self.process_index * local
-        examples = []
-        for g in range(start, start + local):
-            epoch, pos = divmod(g, self.num_examples)
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-            ex = make_example(int(perm[pos]), self.seed, **self.kwargs)
-            examples.append({k: v for k, v in ex.items() if self.fields is None or k in self.fields})
-        self.step += 1
-        return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-
-    # grain's iterator-checkpoint protocol (bytes state; grain.checkpoint.CheckpointSave/Restore)
-    def get_state(self) -> bytes:
-        return json.dumps({"step": self.step}).encode()
-
-    def set_state(self, state) -> None:
-        if isinstance(state, (bytes, bytearray)):
-            state = json.loads(state.decode())
-        self.step = int(state["step"])
-
-    def start_prefetch(self) -> None:
-        pass
+    def make_batch(self, indices):
+        examples = [make_example(int(i), self.seed, **self.kwargs) for i in indices]
+        keys = [k for k in examples[0] if self.fields is None or k in self.fields]
+        return {k: np.stack([e[k] for e in examples]) for k in keys}

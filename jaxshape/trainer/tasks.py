@@ -176,6 +176,25 @@ class _FlowTask(Task):
                                           jnp.full((batch_size,), c.num_classes, jnp.int32))
         return jnp.zeros_like(like)
 
+    # family hooks: noising(rng, x0) -> (x_t, target, model time); velocity(params, frozen, x, t, cond);
+    # latent_shape(batch); sampler_args(); decode(frozen, z) -> list of grids
+
+    def loss(self, params, frozen, batch, rng):
+        kn, kc = jax.random.split(rng)
+        x0 = self.latents(frozen, batch)
+        x_t, target, t = self.noising(kn, x0)
+        pred = self.velocity(params, frozen, x_t, t, self.condition(params, batch, kc, drop=True))
+        loss = flow.mse(pred, target)
+        return loss, {"mse": loss}
+
+    def sample(self, params, frozen, rng, batch):
+        b = batch[self.cond_fields[0]].shape[0]
+        cond = self.condition(params, batch, rng, drop=False)
+        noise = jax.random.normal(rng, (b,) + self.latent_shape(batch))
+        z = flow.euler_sample(lambda x, t, c: self.velocity(params, frozen, x, t, c), noise, cond,
+                              self.uncondition(params, b, cond), **self.sampler_args())
+        return self.decode(frozen, z)
+
 
 class SSFlowTask(_FlowTask):
     stage = "ss_flow"
@@ -230,27 +249,23 @@ class SSFlowTask(_FlowTask):
     def velocity(self, params, frozen, x, t, cond):
         return self.model.apply({"params": params["model"], "buffers": frozen["buffers"]}, x, t, cond)
 
-    def loss(self, params, frozen, batch, rng):
-        kt, kn, kc = jax.random.split(rng, 3)
-        x0 = self.latents(frozen, batch)
+    def noising(self, rng, x0):
+        kt, kn = jax.random.split(rng)
         f = self.config.flow
         t = flow.sample_t_trellis(kt, x0.shape[0], f.t_schedule, f.mean, f.std)
         x_t, target = flow.trellis_noising(x0, jax.random.normal(kn, x0.shape), t, f.sigma_min)
-        cond = self.condition(params, batch, kc, drop=True)
-        pred = self.velocity(params, frozen, x_t, 1000.0 * t, cond)
-        loss = flow.mse(pred, target)
-        return loss, {"mse": loss}
+        return x_t, target, 1000.0 * t
 
-    def sample(self, params, frozen, rng, batch):
-        s = self.config.sampler
-        b = batch[self.cond_fields[0]].shape[0]
-        cond = self.condition(params, batch, rng, drop=False)
-        uncond = self.uncondition(params, b, cond)
+    def latent_shape(self, batch):
         r = self.model.resolution
-        noise = jax.random.normal(rng, (b, r, r, r, self.model.in_channels))
-        z = flow.euler_sample(lambda x, t, c: self.velocity(params, frozen, x, t, c), noise, cond, uncond,
-                              flow.trellis_timesteps(s.steps, s.rescale_t), guidance=s.cfg_strength,
-                              convention="trellis", guidance_interval=tuple(s.cfg_interval))
+        return (r, r, r, self.model.in_channels)
+
+    def sampler_args(self):
+        s = self.config.sampler
+        return dict(times=flow.trellis_timesteps(s.steps, s.rescale_t), guidance=s.cfg_strength,
+                    convention="trellis", guidance_interval=tuple(s.cfg_interval))
+
+    def decode(self, frozen, z):
         logits = self.decoder.apply({"params": frozen["vae"]["decoder"]}, z)
         return [np.asarray(x[..., 0]) for x in logits]
 
@@ -360,31 +375,28 @@ class VecSetFlowTask(_FlowTask):
         params["model"] = self.model.init(k1, jnp.zeros(x0.shape), cond, jnp.zeros((b,)))["params"]
         return params, frozen
 
-    def velocity(self, params, x, t, cond):
+    def velocity(self, params, frozen, x, t, cond):
         return self.model.apply({"params": params["model"]}, x, cond, t)
 
-    def loss(self, params, frozen, batch, rng):
-        kt, kn, kc = jax.random.split(rng, 3)
-        x0 = self.latents(frozen, batch)
+    def noising(self, rng, x0):
+        kt, kn = jax.random.split(rng)
         f = self.config.flow
         sigma, t = flow.sample_sigma_partpacker(kt, x0.shape[0], f.mean, f.std, f.shift)
         x_t, target = flow.partpacker_noising(x0, jax.random.normal(kn, x0.shape), sigma)
-        pred = self.velocity(params, x_t, t, self.condition(params, batch, kc, drop=True))
-        loss = flow.mse(pred, target)
-        return loss, {"mse": loss}
+        return x_t, target, t
 
-    def sample(self, params, frozen, rng, batch):
+    def latent_shape(self, batch):
+        n = (batch["latent"].shape[1] if "latent" in batch
+             else batch["fps_indices"].shape[1] + batch["fps_indices_dorases"].shape[1])
+        return (n, self.model.latent_dim)
+
+    def sampler_args(self):
         s = self.config.sampler
-        b = batch[self.cond_fields[0]].shape[0]
-        cond = self.condition(params, batch, rng, drop=False)
-        uncond = self.uncondition(params, b, cond)
-        n_tokens = (batch["latent"].shape[1] if "latent" in batch
-                    else batch["fps_indices"].shape[1] + batch["fps_indices_dorases"].shape[1])
-        noise = jax.random.normal(rng, (b, n_tokens, self.model.latent_dim))
-        z = flow.euler_sample(lambda x, t, c: self.velocity(params, x, t, c), noise, cond, uncond,
-                              flow.partpacker_sigmas(s.steps, self.config.flow.shift), guidance=s.cfg_strength,
-                              convention="partpacker")
-        return decode_vecset_grids(self.vae, frozen["vae"]["model"], z, s.grid_resolution)
+        return dict(times=flow.partpacker_sigmas(s.steps, self.config.flow.shift), guidance=s.cfg_strength,
+                    convention="partpacker")
+
+    def decode(self, frozen, z):
+        return decode_vecset_grids(self.vae, frozen["vae"]["model"], z, self.config.sampler.grid_resolution)
 
 
 def make_task(config) -> Task:
