@@ -40,6 +40,8 @@ def flow_config(size: str = "released") -> ml_collections.ConfigDict:
         model = dict(hidden_dim=1536, num_heads=16, latent_size=4096, latent_dim=64, num_layers=24, qknorm=True,
                      qknorm_type="RMSNorm", use_pos_embed=False, use_parts=False, gradient_checkpointing=True)
     c.model = ml_collections.ConfigDict(model)
+    c.latent_tokens = (128, 32) if size == "demo" else (2048, 2048)  # (uniform, salient) FPS-prefix tokens
+    c.pre_encode = size == "demo"
     c.vae_checkpoint = ""
     c.cond = ml_collections.ConfigDict(dict(kind="class", num_classes=10, tokens=1, p_uncond=0.1))
     c.flow = ml_collections.ConfigDict(dict(mean=1.0, std=1.0, shift=3.0))
@@ -52,6 +54,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     if variant == "demo":
         vae, fl = vae_config("demo"), flow_config("demo")
         for c in (vae, fl):
+            c.data.num_shapes = 200
+            c.data.points = 2048
+            c.data.num_queries = (256, 256, 128)
             c.ckpt_every = 200
             c.ema_decay = 0.99
             c.optimizer.lr = 5e-4

@@ -145,3 +145,23 @@ def test_cli_writes_orbax_checkpoint_that_reproduces_outputs(tmp_path):
     with pytest.raises(FileExistsError):
         convert_main(["--config", str(tmp_path / "ss_enc.json"), "--weights", str(tmp_path / "ss_enc.safetensors"),
                       "--out", str(out)])
+
+
+def test_cli_converts_a_partpacker_flow_pt_with_dit_prefix(tmp_path):
+    """PartPacker's flow.pt: a {"model": state_dict} wrapper whose DiT keys start with 'dit.'."""
+    torch = pytest.importorskip("torch")
+    from jaxshape.models import VecSetDiT
+
+    args = dict(hidden_dim=32, num_heads=2, latent_size=16, latent_dim=8, num_layers=2, qknorm=True,
+                qknorm_type="RMSNorm", use_parts=True, part_embed_mode="part2_only")
+    m = VecSetDiT(**args)
+    sd = {"dit." + k: torch.from_numpy(v).to(torch.bfloat16) for k, v in random_state_dict(m, seed=5).items()}
+    torch.save({"model": sd}, tmp_path / "flow.pt")
+    out = tmp_path / "ckpt"
+    assert convert_main(["--model", "VecSetDiT", "--args", json.dumps(args), "--weights", str(tmp_path / "flow.pt"),
+                         "--prefix", "dit.", "--out", str(out)]) == 0
+    module, variables = load_converted(out)
+    back = to_torch(module, variables)
+    assert set(back) == {k[len("dit."):] for k in sd}
+    for k, v in sd.items():
+        np.testing.assert_array_equal(back[k[len("dit."):]], v.float().numpy())

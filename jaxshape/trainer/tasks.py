@@ -354,6 +354,10 @@ class VecSetFlowTask(_FlowTask):
         if "latent" in batch:  # pre-encoded
             return batch["latent"].astype(jnp.float32)
         data = {k: batch[k] for k in VECSET_INPUT_KEYS}
+        tokens = self.config.get("latent_tokens", None)
+        if tokens:  # FPS-order prefixes: (uniform, salient) latent tokens per shape (PartPacker: 2048 + 2048)
+            data["fps_indices"] = data["fps_indices"][:, :tokens[0]]
+            data["fps_indices_dorases"] = data["fps_indices_dorases"][:, :tokens[1]]
         mean, _ = self.vae.apply({"params": frozen["vae"]["model"]}, data, method="encode")
         return jax.lax.stop_gradient(jnp.nan_to_num(mean, nan=0.0))
 
@@ -386,9 +390,7 @@ class VecSetFlowTask(_FlowTask):
         return x_t, target, t
 
     def latent_shape(self, batch):
-        n = (batch["latent"].shape[1] if "latent" in batch
-             else batch["fps_indices"].shape[1] + batch["fps_indices_dorases"].shape[1])
-        return (n, self.model.latent_dim)
+        return jax.eval_shape(self.latents, self.external_frozen(), batch).shape[1:]
 
     def sampler_args(self):
         s = self.config.sampler
