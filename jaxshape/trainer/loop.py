@@ -73,9 +73,10 @@ def _records_path(d, targets) -> str:
 
 
 def make_data_iterator(config, task, process_index: int, process_count: int, *, fields=None,
-                       one_epoch: bool = False):
+                       one_epoch: bool = False, mesh=None):
     """This process's data iterator (global batch / process count examples per step). ``one_epoch``: a single
-    ordered pass over this process's shard (for pre-encoding), the last batch possibly short."""
+    ordered pass over this process's shard (for pre-encoding), the last batch possibly short. With ``mesh``,
+    record batches are prefetched into device memory already batch-sharded."""
     d = config.data
     fields = tuple(fields or task.fields)
     if d.source == "synthetic":
@@ -109,7 +110,8 @@ def make_data_iterator(config, task, process_index: int, process_count: int, *, 
                           num_epochs=1 if one_epoch else None, drop_remainder=not one_epoch)
         if one_epoch:
             return iter(ds)
-        return DeviceIterator(ds, sharding=None, buffer_size=d.get("prefetch", 2))
+        sharding = None if mesh is None else shd.batch_sharding(mesh)
+        return DeviceIterator(ds, sharding=sharding, buffer_size=d.get("prefetch", 2))
     raise ValueError(f"data.source must be 'synthetic', 'records' or 'embedded', got {d.source!r}")
 
 
@@ -210,7 +212,7 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
     elif config.get("pre_encode", False):
         it = pre_encoded_iterator(config, task, workdir)
     else:
-        it = make_data_iterator(config, task, jax.process_index(), jax.process_count())
+        it = make_data_iterator(config, task, jax.process_index(), jax.process_count(), mesh=mesh)
     raw = _peek(it)
     task.validate({k: np.shape(v) for k, v in raw.items()})
     example = task.host_batch(raw, 0)

@@ -99,6 +99,9 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
     """Place a host batch (this process's share of the global batch) on the mesh, batch-sharded."""
     out = {}
     for k, v in batch.items():
+        if isinstance(v, jax.Array) and len(v.sharding.device_set) == mesh.size:
+            out[k] = v  # already placed (prefetched by the data iterator)
+            continue
         v = np.asarray(v)
         sharding = batch_sharding(mesh, v.ndim)
         if jax.process_count() == 1:
