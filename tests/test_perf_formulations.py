@@ -8,6 +8,7 @@ import pytest
 from jax import lax
 
 from jaxshape.nn import attention as A
+from jaxshape.nn import conv3d as C
 from jaxshape.nn.conv3d import SpaceToDepthConv3d
 
 
@@ -91,3 +92,46 @@ def test_space_to_depth_conv_equals_strided_conv():
     gc = jax.grad(lambda x, k: jnp.sum(conv(x, k) * w), (0, 1))(x, kern)
     for a, r in zip(gm, gc):
         assert _rel(a, r) <= 1e-6
+
+
+# (in, out, kernel): every formulation, incl. the ones `auto` picks for tiny in (im2col), out << in (output_shift)
+CONV_CASES = [(3, 5, 3), (16, 2, 3), (6, 6, 3), (4, 7, 1), (2, 3, 5)]
+
+
+@pytest.mark.parametrize("cin,cout,k", CONV_CASES)
+@pytest.mark.parametrize("formulation", [f for f in C.CONV_FORMULATIONS if f != "lax"])
+def test_conv_formulations_equal_lax_conv_forward_and_gradients(cin, cout, k, formulation):
+    rng = np.random.default_rng(cin * 10 + cout)
+    x = jnp.asarray(rng.standard_normal((2, 5, 6, 4, cin)).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((k, k, k, cin, cout)).astype(np.float32))
+    g = jnp.asarray(rng.standard_normal((2, 5, 6, 4, cout)).astype(np.float32))
+
+    def lax_conv(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1, 1), ((k // 2, k // 2),) * 3,
+                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+    out = C.conv3d_same(x, w, formulation)
+    assert _rel(out, lax_conv(x, w)) <= 2e-6
+    ga = jax.grad(lambda x, w: jnp.sum(C.conv3d_same(x, w, formulation) * g), (0, 1))(x, w)
+    gr = jax.grad(lambda x, w: jnp.sum(lax_conv(x, w) * g), (0, 1))(x, w)
+    for a, r in zip(ga, gr):
+        assert _rel(a, r) <= 2e-6
+
+
+def test_conv3d_module_formulation_field_keeps_params_and_numbers():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 4, 4, 6)).astype(np.float32))
+    v = nn.meta.unbox(C.Conv3d(5, 3).init(jax.random.key(0), x))
+    assert jax.tree.map(jnp.shape, v) == {"params": {"kernel": (3, 3, 3, 6, 5), "bias": (5,)}}
+    ref = C.Conv3d(5, 3, formulation="lax").apply(v, x)
+    for f in C.CONV_FORMULATIONS:
+        assert _rel(C.Conv3d(5, 3, formulation=f).apply(v, x), ref) <= 2e-6
+    with pytest.raises(ValueError, match="unknown conv formulation"):
+        C.conv3d_same(x, v["params"]["kernel"], "fft")
+
+
+def test_auto_formulation_choices():
+    assert C.auto_formulation(1, 32, 3) == "im2col"
+    assert C.auto_formulation(8, 512, 3) == "im2col"
+    assert C.auto_formulation(512, 16, 3) == "output_shift"
+    assert C.auto_formulation(32, 1, 3) == "output_shift"
+    assert C.auto_formulation(128, 128, 3) == "im2col_z"

@@ -20,11 +20,85 @@ from jaxshape.nn.spatial import pixel_shuffle_3d, space_to_depth_3d
 
 CONV_AXES = ("conv_k", "conv_k", "conv_k", "conv_in", "conv_out")
 
+CONV_FORMULATIONS = ("auto", "lax", "im2col", "im2col_yz", "im2col_z", "shift", "output_shift")
+
+
+def auto_formulation(cin: int, cout: int, k: int) -> str:
+    """The formulation :func:`conv3d_same` uses by default (measured on XLA:CPU, see docs/performance.md):
+    tiny input width -> one im2col matmul; output 8× narrower than the input -> one matmul to ``k³·out`` then shifted adds;
+    otherwise im2col over the kernel's z axis (3 shifted copies, 9 matmuls with K = 3·in). All of them have
+    matmul-only backward passes (XLA:CPU's conv weight/input gradients are its slowest path)."""
+    if k == 1:
+        return "im2col"
+    if cin * k**3 <= 320:
+        return "im2col"
+    if cin >= 8 * cout:
+        return "output_shift"
+    return "im2col_z"
+
+
+def _shift(x: jax.Array, offset: tuple) -> jax.Array:
+    """``y[v] = x[v + offset]`` over the 3 spatial axes of ``[B, X, Y, Z, C]``, zero outside (one ``lax.pad``
+    with negative/positive edges, whose gradient is again a single pad)."""
+    cfg = [(0, 0, 0)] + [(-d, d, 0) for d in offset] + [(0, 0, 0)]
+    return lax.pad(x, jnp.zeros((), x.dtype), cfg)
+
+
+def conv3d_same(x: jax.Array, kernel: jax.Array, formulation: str = "auto") -> jax.Array:
+    """Stride-1 3-D convolution with zero padding ``k // 2`` (torch ``Conv3d(k, padding=k//2)``), channels-last.
+
+    ``x [B, X, Y, Z, in]``, ``kernel [k, k, k, in, out]``. Every formulation computes the same sum (fp32
+    rounding differs only in the order of additions):
+
+    * ``"lax"``: ``lax.conv_general_dilated``;
+    * ``"im2col"``: all ``k³`` shifted copies concatenated on channels, one matmul with K = ``k³·in``;
+    * ``"im2col_yz"`` / ``"im2col_z"``: partial im2col over (y, z) or z only, then ``k`` or ``k²`` shifted matmuls;
+    * ``"shift"``: ``k³`` shifted matmuls with K = ``in`` (no copy of the input beyond the slices);
+    * ``"output_shift"``: one matmul ``x @ kernel -> [.., k³·out]`` then ``k³`` shifted adds (small ``out``);
+    * ``"auto"``: :func:`auto_formulation`.
+    """
+    k, cin, cout = kernel.shape[0], kernel.shape[3], kernel.shape[4]
+    if formulation == "auto":
+        formulation = auto_formulation(cin, cout, k)
+    if formulation not in CONV_FORMULATIONS:
+        raise ValueError(f"unknown conv formulation {formulation!r}; expected one of {CONV_FORMULATIONS}")
+    if k == 1:
+        return jnp.dot(x, kernel.reshape(cin, cout))
+    p = k // 2
+    if formulation == "lax":
+        return lax.conv_general_dilated(x, kernel, window_strides=(1, 1, 1), padding=((p, p),) * 3,
+                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    if formulation == "output_shift":
+        # y[v] = sum_d x[v + d - p] W[d]: one matmul to all k³ taps, then shift each tap's slice into place
+        z = jnp.dot(x, kernel.transpose(3, 0, 1, 2, 4).reshape(cin, k**3 * cout))
+        out = None
+        for o, zo in enumerate(jnp.split(z, k**3, axis=-1)):
+            t = _shift(zo, (o // (k * k) - p, (o // k) % k - p, o % k - p))
+            out = t if out is None else out + t
+        return out
+    ncol = {"shift": 0, "im2col_z": 1, "im2col_yz": 2, "im2col": 3}[formulation]
+    # shifted copies over the last `ncol` kernel axes, concatenated on channels (offset-major then channel: the
+    # order of kernel[..., in, out] flattened); then one matmul per offset of the leading kernel axes
+    lead = 3 - ncol
+    w = kernel.reshape(k**lead, k**ncol * cin, cout)
+    out = None
+    for o in range(k**lead):
+        lead_off = [o // k ** (lead - 1 - a) % k - p for a in range(lead)]
+        pieces = []
+        for c in range(k**ncol):
+            col_off = [c // k ** (ncol - 1 - a) % k - p for a in range(ncol)]
+            pieces.append(_shift(x, tuple(lead_off + col_off)))
+        cols = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+        t = jnp.dot(cols, w[o])
+        out = t if out is None else out + t
+    return out
+
 
 class Conv3d(nn.Module):
     """``nn.Conv3d(in, out, k, padding=k//2)`` (stride 1) in channels-last form; kernel [k, k, k, in, out].
 
     Init is PyTorch's default unless ``zero_init`` (TRELLIS ``zero_module``). Parameters ``kernel``, ``bias``.
+    ``formulation`` picks how the sum is computed (:func:`conv3d_same`; same numbers up to fp32 rounding).
     """
 
     features: int
@@ -32,6 +106,7 @@ class Conv3d(nn.Module):
     zero_init: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    formulation: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -44,11 +119,7 @@ class Conv3d(nn.Module):
         kernel = self.param("kernel", partitioned(kinit, CONV_AXES), shape, self.param_dtype)
         bias = self.param("bias", partitioned(binit, ("conv_out",)), (self.features,), self.param_dtype)
         dtype = compute_dtype(self.dtype, x.dtype, self.param_dtype)
-        pad = k // 2
-        y = lax.conv_general_dilated(
-            x.astype(dtype), kernel.astype(dtype), window_strides=(1, 1, 1), padding=((pad, pad),) * 3,
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        )
+        y = conv3d_same(x.astype(dtype), kernel.astype(dtype), self.formulation)
         return y + bias.astype(dtype)
 
 
