@@ -3,7 +3,7 @@
 Variants (``--config=configs/trellis_like.py:<variant>``):
 
 * ``demo`` (default): both stages at CPU size on the embedded procedural dataset (32³ occupancy, 8³×8
-  latents, class-label conditioning) -- the README's first command; ~10 minutes on 2 CPU cores.
+  latents, class-label conditioning) -- the README's first command; ~9 minutes on 2 CPU cores.
 * ``vae_demo`` / ``flow_demo``: the two stages of ``demo`` alone.
 * ``vae``: the released ``ss_vae_conv3d_16l8`` architecture (64³, channels 32/128/512), TRELLIS's recipe
   (dice + 1e-3 KL, AdamW 1e-4, adaptive clipping, EMA 0.9999).
@@ -22,9 +22,9 @@ def vae_config(size: str = "released") -> ml_collections.ConfigDict:
     c = _common("ss_vae")
     if size == "demo":
         enc = dict(in_channels=1, latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1,
-                   channels=(16, 32, 64))
+                   channels=(8, 16, 32))
         dec = dict(out_channels=1, latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1,
-                   channels=(64, 32, 16))
+                   channels=(32, 16, 8))
     else:
         enc = released_args("ss_enc_conv3d_16l8_fp16")[1]
         dec = released_args("ss_dec_conv3d_16l8_fp16")[1]
@@ -66,9 +66,11 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
             c.ema_decay = 0.99
             c.optimizer.lr = 1e-3
             c.optimizer.clip = "global_norm"
-        vae.steps = 300
-        fl.steps = 400
+        vae.steps = 260
+        fl.steps = 350
+        vae.optimizer.lr = 2e-3
         fl.optimizer.lr = 5e-4
+        fl.pre_encode = True  # encode the 1,000 shapes once with the frozen VAE
         fl.sampler.steps = 25
         fl.sampler.cfg_strength = 2.0
         fl.num_samples = 8
