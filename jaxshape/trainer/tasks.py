@@ -176,8 +176,24 @@ class _FlowTask(Task):
                                           jnp.full((batch_size,), c.num_classes, jnp.int32))
         return jnp.zeros_like(like)
 
-    # family hooks: noising(rng, x0) -> (x_t, target, model time); velocity(params, frozen, x, t, cond);
-    # latent_shape(batch); sampler_args(); decode(frozen, z) -> list of grids
+    # family hooks: init_model(rng, x0, t, cond) -> (model params, frozen); noising(rng, x0) -> (x_t, target,
+    # model time); velocity(params, frozen, x, t, cond); latent_shape(batch); sampler_args(); decode(frozen, z)
+
+    def external_frozen(self):
+        return {"vae": self.vae_params}
+
+    def init(self, rng, batch):
+        k_model, k_cond = jax.random.split(rng)
+        x0 = jax.eval_shape(self.latents, self.external_frozen(), batch)
+        b = x0.shape[0]
+        params = {}
+        if self.conditioner is not None:
+            params["conditioner"] = self.conditioner.init(k_cond, jnp.zeros((b,), jnp.int32))["params"]
+            cond = jnp.zeros((b, self.config.cond.get("tokens", 1), self.cond_channels))
+        else:
+            cond = batch["cond_features"].astype(jnp.float32)
+        params["model"], frozen = self.init_model(k_model, jnp.zeros(x0.shape, jnp.float32), jnp.zeros((b,)), cond)
+        return params, frozen
 
     def loss(self, params, frozen, batch, rng):
         kn, kc = jax.random.split(rng)
@@ -204,7 +220,7 @@ class SSFlowTask(_FlowTask):
         super().__init__(config)
         self.fields = ("occupancy",) + self.cond_fields
         self.model = SparseStructureFlowModel(**model_kwargs(config.model, config))
-        self.conditioner = self._cond_module(self.model.cond_channels)
+        self.conditioner = self._cond_module(self.cond_channels)
         if config.get("pre_encode", False):
             self.fields = ("latent",) + self.cond_fields
         vae_cfg, vae_params = load_frozen_vae(config.vae_checkpoint, "ss_vae")
@@ -225,26 +241,13 @@ class SSFlowTask(_FlowTask):
         occ = batch["occupancy"].astype(jnp.float32)
         return jax.lax.stop_gradient(self.encoder.apply({"params": frozen["vae"]["encoder"]}, occ))
 
-    def external_frozen(self):
-        return {"vae": self.vae_params}
+    cond_channels = property(lambda self: self.model.cond_channels)
 
-    def init(self, rng, batch):
-        k1, k2 = jax.random.split(rng)
-        x0 = jax.eval_shape(self.latents, self.external_frozen(), batch)
-        frozen = {}
+    def init_model(self, rng, x0, t, cond):
         if x0.shape[1] != self.model.resolution:
             raise ValueError(f"model.resolution ({self.model.resolution}) != the VAE latent grid ({x0.shape[1]})")
-        b = x0.shape[0]
-        params = {}
-        if self.conditioner is not None:
-            params["conditioner"] = self.conditioner.init(k2, jnp.zeros((b,), jnp.int32))["params"]
-            cond = jnp.zeros((b, self.config.cond.get("tokens", 1), self.model.cond_channels))
-        else:
-            cond = batch["cond_features"].astype(jnp.float32)
-        v = self.model.init(k1, jnp.zeros(x0.shape, jnp.float32), jnp.zeros((b,)), cond)
-        params["model"] = v["params"]
-        frozen["buffers"] = v.get("buffers", {})
-        return params, frozen
+        v = self.model.init(rng, x0, t, cond)
+        return v["params"], {"buffers": v.get("buffers", {})}
 
     def velocity(self, params, frozen, x, t, cond):
         return self.model.apply({"params": params["model"], "buffers": frozen["buffers"]}, x, t, cond)
@@ -338,7 +341,7 @@ class VecSetFlowTask(_FlowTask):
         super().__init__(config)
         self.fields = VECSET_INPUT_KEYS + self.cond_fields
         self.model = VecSetDiT(**model_kwargs(config.model, config))
-        self.conditioner = self._cond_module(self.model.context_dim or self.model.hidden_dim)
+        self.conditioner = self._cond_module(self.cond_channels)
         if config.get("pre_encode", False):
             self.fields = ("latent",) + self.cond_fields
         vae_cfg, vae_params = load_frozen_vae(config.vae_checkpoint, "vecset_vae")
@@ -361,23 +364,10 @@ class VecSetFlowTask(_FlowTask):
         mean, _ = self.vae.apply({"params": frozen["vae"]["model"]}, data, method="encode")
         return jax.lax.stop_gradient(jnp.nan_to_num(mean, nan=0.0))
 
-    def external_frozen(self):
-        return {"vae": self.vae_params}
+    cond_channels = property(lambda self: self.model.context_dim or self.model.hidden_dim)
 
-    def init(self, rng, batch):
-        k1, k2 = jax.random.split(rng)
-        x0 = jax.eval_shape(self.latents, self.external_frozen(), batch)
-        frozen = {}
-        b = x0.shape[0]
-        params = {}
-        ctx = self.model.context_dim or self.model.hidden_dim
-        if self.conditioner is not None:
-            params["conditioner"] = self.conditioner.init(k2, jnp.zeros((b,), jnp.int32))["params"]
-            cond = jnp.zeros((b, self.config.cond.get("tokens", 1), ctx))
-        else:
-            cond = batch["cond_features"].astype(jnp.float32)
-        params["model"] = self.model.init(k1, jnp.zeros(x0.shape), cond, jnp.zeros((b,)))["params"]
-        return params, frozen
+    def init_model(self, rng, x0, t, cond):
+        return self.model.init(rng, x0, cond, t)["params"], {}
 
     def velocity(self, params, frozen, x, t, cond):
         return self.model.apply({"params": params["model"]}, x, cond, t)
