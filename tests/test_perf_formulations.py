@@ -75,6 +75,42 @@ def test_dispatch_uses_flash_on_cpu_only_above_threshold(monkeypatch):
     assert _rel(A.dot_product_attention(q, k, v, implementation="flash", query_chunk_size=8), small) <= 2e-6
 
 
+# (x shape, w shape): weight [C], per-head gamma [H, D], per-sample modulation [B, 1, C], scalar, batch > 1
+BROADCAST_CASES = [((1, 7, 5), (5,)), ((1, 6, 3, 4), (3, 4)), ((1, 9, 5), (1, 1, 5)), ((1, 4, 5), ()),
+                   ((3, 7, 5), (3, 1, 5)), ((1, 2, 3, 5), (1, 1, 1, 5)), ((1, 4, 5), (1, 4, 5))]
+
+
+@pytest.mark.parametrize("xs,ws", BROADCAST_CASES)
+def test_broadcast_multiply_is_exactly_x_times_w_with_gradients(xs, ws):
+    from jaxshape.nn.norms import broadcast_multiply
+    rng = np.random.default_rng(len(xs) + len(ws))
+    x = jnp.asarray(rng.standard_normal(xs).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal(ws).astype(np.float32))
+    g = jnp.asarray(rng.standard_normal(xs).astype(np.float32))
+    out = broadcast_multiply(x, w)
+    assert out.shape == x.shape
+    np.testing.assert_array_equal(out, x * w)  # the same products, bit for bit
+    fast = jax.grad(lambda x, w: jnp.sum(broadcast_multiply(x, w) * g), (0, 1))(x, w)
+    plain = jax.grad(lambda x, w: jnp.sum(x * w * g), (0, 1))(x, w)
+    for a, r in zip(fast, plain):
+        assert a.shape == r.shape
+        assert _rel(a, r) <= 1e-6  # the weight gradient sums the same terms, possibly in another order
+
+
+def test_norms_give_the_same_numbers_for_batch_one_and_batch_two():
+    """The norms compute statistics on a [rows, C] view; a sample's result must not depend on its batch mates."""
+    from jaxshape.nn.norms import LayerNorm, MultiHeadRMSNorm, RMSNorm
+    rng = np.random.default_rng(5)
+    x2 = jnp.asarray(rng.standard_normal((2, 6, 3, 8)).astype(np.float32) * 3 + 1)
+    for mod in (LayerNorm(1e-6), LayerNorm(1e-5, elementwise_affine=False), MultiHeadRMSNorm(), RMSNorm()):
+        v = mod.init(jax.random.key(0), x2)
+        v = jax.tree.map(lambda a: a + jnp.asarray(rng.standard_normal(a.shape).astype(np.float32)), v)
+        both = mod.apply(v, x2)
+        assert both.shape == x2.shape
+        for i in range(2):
+            np.testing.assert_allclose(mod.apply(v, x2[i:i + 1]), both[i:i + 1], rtol=0, atol=1e-6)
+
+
 def test_space_to_depth_conv_equals_strided_conv():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((2, 8, 6, 4, 5)).astype(np.float32))

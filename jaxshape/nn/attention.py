@@ -48,34 +48,69 @@ def _reference_attention(q, k, v, scale):
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def _pad_chunks(x: jax.Array, chunk: int) -> jax.Array:
-    """[B, H, L, D] -> [n, B, H, chunk, D] (zero-padded at the end of L)."""
-    b, h, length, d = x.shape
-    n = -(-length // chunk)
-    x = jnp.pad(x, ((0, 0), (0, 0), (0, n * chunk - length), (0, 0)))
-    return x.reshape(b, h, n, chunk, d).transpose(2, 0, 1, 3, 4)
+# Blocked ("flash") attention for CPU. One tile = one (batch, head) pair × one chunk of queries against all keys:
+# the [chunk, Lk] logits of a tile stay in cache (4 MiB at chunk 256, Lk 4096), which is what makes this faster than
+# batching all heads per chunk (measured 2.4× forward, 1.8× forward+backward at 16 heads × 4096 tokens). Heads are
+# the outer loop, query chunks the inner one. The backward recomputes the probabilities *key-major* ([Lk, chunk]):
+# then dV = Pᵀ·dO and dK = dSᵀ·Q are plain row-major matmuls (a transposed operand runs at ~1/4 of the matmul
+# speed in XLA:CPU) and only dQ contracts over the leading axis.
 
 
-def _unchunk(x: jax.Array, length: int) -> jax.Array:
-    """[n, B, H, chunk, D] -> [B, H, L, D]."""
-    n, b, h, c = x.shape[:4]
-    return x.transpose(1, 2, 0, 3, 4).reshape(b, h, n * c, *x.shape[4:])[:, :, :length]
+def _split_heads(x: jax.Array) -> jax.Array:
+    """[B, L, H, D] -> [B·H, L, D]."""
+    b, length, h, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b * h, length, d)
 
 
-def _flash_forward(q, k, v, scale, chunk):
-    """q [B,H,Lq,D], k/v [B,H,Lk,D] -> (out [B,H,Lq,D], logsumexp [B,H,Lq] fp32); one query chunk at a time."""
-    lq = q.shape[2]
+def _query_chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """[L, ...] -> [n, chunk, ...], zero-padded at the end of L."""
+    n = -(-x.shape[0] // chunk)
+    x = jnp.pad(x, [(0, n * chunk - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(n, chunk, *x.shape[1:])
+
+
+def _flash_forward_head(q, k, v, scale, chunk):
+    """One head: q [Lq, D], k/v [Lk, D] -> (out [Lq, D], logsumexp [Lq] fp32)."""
+    lq = q.shape[0]
+    qs = (q * scale).astype(q.dtype)
 
     def one(qi):
-        s = jnp.einsum("bhqd,bhkd->bhqk", qi, k, preferred_element_type=jnp.float32) * scale
+        s = jnp.dot(qi, k.T, preferred_element_type=jnp.float32)
         m = jnp.max(s, axis=-1, keepdims=True)
         p = jnp.exp(s - m)
         denom = jnp.sum(p, axis=-1, keepdims=True)
-        o = jnp.einsum("bhqk,bhkd->bhqd", (p / denom).astype(v.dtype), v, preferred_element_type=jnp.float32)
-        return o.astype(q.dtype), (m + jnp.log(denom))[..., 0]
+        o = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32) / denom
+        return o.astype(q.dtype), (m + jnp.log(denom))[:, 0]
 
-    o, lse = jax.lax.map(one, _pad_chunks(q, chunk))
-    return _unchunk(o, lq), _unchunk(lse[..., None], lq)[..., 0]
+    o, lse = jax.lax.map(one, _query_chunks(qs, chunk))
+    return o.reshape(-1, o.shape[-1])[:lq], lse.reshape(-1)[:lq]
+
+
+def _flash_backward_head(q, k, v, do, lse, delta, scale, chunk):
+    """One head's (dQ, dK, dV); probabilities recomputed per query chunk, key-major, from the saved logsumexp."""
+    lq = q.shape[0]
+    qs = (q * scale).astype(q.dtype)
+
+    def one(carry, x):
+        dk, dv = carry
+        qi, doi, lsei, di = x
+        pt = jnp.exp(jnp.dot(k, qi.T, preferred_element_type=jnp.float32) - lsei[None, :])  # [Lk, chunk]
+        dv = dv + jnp.dot(pt.astype(do.dtype), doi, preferred_element_type=jnp.float32)
+        dpt = jnp.dot(v, doi.T, preferred_element_type=jnp.float32)
+        dst = (pt * (dpt - di[None, :])).astype(q.dtype)
+        dqi = jnp.einsum("kq,kd->qd", dst, k, preferred_element_type=jnp.float32) * scale
+        dk = dk + jnp.dot(dst, qi, preferred_element_type=jnp.float32)
+        return (dk, dv), dqi.astype(q.dtype)
+
+    xs = (_query_chunks(qs, chunk), _query_chunks(do, chunk), _query_chunks(lse, chunk), _query_chunks(delta, chunk))
+    zeros = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+    (dk, dv), dq = jax.lax.scan(one, zeros, xs)
+    return dq.reshape(-1, dq.shape[-1])[:lq], dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def _flash_forward(q, k, v, scale, chunk):
+    """q [N, Lq, D], k/v [N, Lk, D] (N = batch·heads) -> (out [N, Lq, D], logsumexp [N, Lq] fp32)."""
+    return jax.lax.map(lambda a: _flash_forward_head(*a, scale, chunk), (q, k, v))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -89,29 +124,10 @@ def _flash_fwd(q, k, v, scale, chunk):
 
 
 def _flash_bwd(scale, chunk, res, do):
-    """Flash-attention backward: probabilities recomputed per query chunk from the saved logsumexp; dK, dV
-    accumulated in fp32 over chunks. Memory O(chunk · Lk) instead of O(Lq · Lk)."""
+    """Flash-attention backward: memory O(chunk · Lk) per head instead of O(Lq · Lk); dK, dV accumulated in fp32."""
     q, k, v, o, lse = res
-    lq = q.shape[2]
-    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [B,H,Lq]
-    xs = (_pad_chunks(q, chunk), _pad_chunks(do, chunk), _pad_chunks(lse[..., None], chunk)[..., 0],
-          _pad_chunks(delta[..., None], chunk)[..., 0])
-
-    def one(carry, x):
-        dk, dv = carry
-        qi, doi, lsei, di = x
-        s = jnp.einsum("bhqd,bhkd->bhqk", qi, k, preferred_element_type=jnp.float32) * scale
-        p = jnp.exp(s - lsei[..., None])
-        dv = dv + jnp.einsum("bhqk,bhqd->bhkd", p.astype(do.dtype), doi, preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bhqd,bhkd->bhqk", doi, v, preferred_element_type=jnp.float32)
-        ds = (p * (dp - di[..., None]) * scale).astype(q.dtype)
-        dqi = jnp.einsum("bhqk,bhkd->bhqd", ds, k, preferred_element_type=jnp.float32)
-        dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds, qi, preferred_element_type=jnp.float32)
-        return (dk, dv), dqi.astype(q.dtype)
-
-    zeros = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
-    (dk, dv), dq = jax.lax.scan(one, zeros, xs)
-    return _unchunk(dq, lq), dk.astype(k.dtype), dv.astype(v.dtype)
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [N, Lq]
+    return jax.lax.map(lambda a: _flash_backward_head(*a, scale, chunk), (q, k, v, do, lse, delta))
 
 
 _flash_attention.defvjp(_flash_fwd, _flash_bwd)
@@ -124,8 +140,9 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: Optional
     rounding; memory O(chunk · Lk). Fastest on CPU for long sequences (see docs/performance.md)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     chunk = max(1, min(query_chunk_size, q.shape[1]))
-    t = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  BTNH <-> BNTH
-    return t(_flash_attention(t(q), t(k), t(v), float(scale), int(chunk)))
+    b, lq, h, _ = q.shape
+    o = _flash_attention(_split_heads(q), _split_heads(k), _split_heads(v), float(scale), int(chunk))
+    return o.reshape(b, h, lq, -1).transpose(0, 2, 1, 3)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: AttentionImpl = None,

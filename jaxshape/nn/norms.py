@@ -12,13 +12,37 @@ from jax import lax
 from jaxshape.nn.initializers import partitioned
 
 
+def broadcast_multiply(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x * w`` for a ``w`` that is constant along the leading (batch, token) axes of ``x``: a weight [C], a
+    per-head gamma [H, D], or a per-sample modulation [B, 1, C]. The same numbers as ``x * w``.
+
+    With batch 1 the product is formed on a ``[T, ...]`` view of ``x``. Why: the gradient of ``w`` is a reduction of
+    ``g * x`` over the tokens, and XLA:CPU's YNNPACK fusions (jax 0.10) reduce a ``[1, T, C]`` product over ``T`` some
+    100× slower than a ``[T, C]`` one (75 ms vs 0.5 ms at 4096 × 1024; experiments/results/bench_models.md).
+    """
+    core = w.ndim
+    while core and w.shape[w.ndim - core] == 1:
+        core -= 1
+    if (x.shape[0] != 1 or core == 0 or core >= x.ndim
+            or jnp.broadcast_shapes(x.shape, w.shape) != x.shape):
+        return x * w
+    w_core = w.reshape(w.shape[w.ndim - core:])
+    return (x.reshape((-1,) + x.shape[x.ndim - core:]) * w_core).reshape(x.shape)
+
+
+def _rows(x: jax.Array) -> jax.Array:
+    """``x`` as a 2-D ``[rows, C]`` view (a free reshape). Norm statistics are computed on this view: XLA:CPU's
+    YNNPACK fusions (jax 0.10) reduce ``[1, T, C]`` arrays (batch 1) 20-100× slower than ``[T, C]`` ones."""
+    return x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x
+
+
 def layer_norm(x: jax.Array, epsilon: float) -> jax.Array:
     """Parameter-free LayerNorm over the last axis, computed in fp32, returned in fp32."""
-    x32 = x.astype(jnp.float32)
+    x32 = _rows(x).astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     centred = x32 - mean
     var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-    return centred * lax.rsqrt(var + epsilon)
+    return (centred * lax.rsqrt(var + epsilon)).reshape(x.shape)
 
 
 class LayerNorm(nn.Module):
@@ -36,13 +60,13 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = layer_norm(x, self.epsilon)
+        y = _rows(layer_norm(x, self.epsilon))
         if self.elementwise_affine:
             c = x.shape[-1]
             scale = self.param("scale", partitioned(nn.initializers.ones_init(), self.axes), (c,), self.param_dtype)
             bias = self.param("bias", partitioned(nn.initializers.zeros_init(), self.axes), (c,), self.param_dtype)
             y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
-        return y.astype(x.dtype)
+        return y.astype(x.dtype).reshape(x.shape)
 
 
 class MultiHeadRMSNorm(nn.Module):
@@ -58,10 +82,10 @@ class MultiHeadRMSNorm(nn.Module):
         h, d = x.shape[-2:]
         gamma = self.param("gamma", partitioned(nn.initializers.ones_init(), ("heads", "head_dim")), (h, d),
                            self.param_dtype)
-        x32 = x.astype(jnp.float32)
+        x32 = x.reshape(-1, h, d).astype(jnp.float32)
         norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
         y = x32 / jnp.maximum(norm, 1e-12) * gamma.astype(jnp.float32) * math.sqrt(d)
-        return y.astype(x.dtype)
+        return y.reshape(x.shape).astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -76,7 +100,7 @@ class RMSNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
         scale = self.param("scale", partitioned(nn.initializers.ones_init(), self.axes), (c,), self.param_dtype)
-        x32 = x.astype(jnp.float32)
+        x32 = _rows(x).astype(jnp.float32)
         y = x32 * lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
         dtype = x.dtype
-        return (y.astype(dtype) * scale.astype(dtype)).astype(dtype)
+        return (y.astype(dtype) * scale.astype(dtype)).astype(dtype).reshape(x.shape)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxshape.nn.attention import AttentionImpl, MultiHeadAttention
 from jaxshape.nn.linear import Dense
-from jaxshape.nn.norms import LayerNorm
+from jaxshape.nn.norms import LayerNorm, broadcast_multiply
 
 _BLOCK_NAMES = {
     "trellis": dict(self_attn="self_attn", cross_attn="cross_attn", ffn="mlp", ffn_layers="mlp",
@@ -46,7 +46,7 @@ class FeedForward(nn.Module):
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     """adaLN modulation ``x (1 + scale) + shift`` with per-sample [B, C] vectors broadcast over tokens."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    return broadcast_multiply(x, 1 + scale[:, None]) + shift[:, None]
 
 
 class ModulatedCrossBlock(nn.Module):
@@ -88,19 +88,20 @@ class ModulatedCrossBlock(nn.Module):
         h = modulate(LayerNorm(1e-6, elementwise_affine=False, name="norm1")(x), shift_msa, scale_msa)
         h = MultiHeadAttention(kind="self", qk_norm=self.qk_norm, name=names["self_attn"], **attn)(
             h, rope_phases=rope_phases)
-        x = x + gate_msa[:, None] * h
+        x = x + broadcast_multiply(h, gate_msa[:, None])
         h = LayerNorm(1e-6, elementwise_affine=self.norm2_affine, param_dtype=self.param_dtype, name="norm2")(x)
         x = x + MultiHeadAttention(kind="cross", qk_norm=self.qk_norm_cross, name=names["cross_attn"], **attn)(
             h, context)
         h = modulate(LayerNorm(1e-6, elementwise_affine=False, name="norm3")(x), shift_mlp, scale_mlp)
         h = FeedForward(int(c * self.mlp_ratio), prefix=names["ffn_layers"], approximate_gelu=self.approximate_gelu,
                         name=names["ffn"], **dt)(h)
-        x = x + gate_mlp[:, None] * h
+        x = x + broadcast_multiply(h, gate_mlp[:, None])
         return x, None
 
 
 def scan_blocks(block_cls: type[nn.Module], num_layers: int, *, name: str, remat: bool = True,
-                remat_policy: str = "nothing_saveable", num_broadcast_args: int = 3, **block_kwargs):
+                remat_policy: str = "nothing_saveable", num_broadcast_args: int = 3,
+                **block_kwargs):
     """A stack of ``num_layers`` identical blocks as one ``nn.scan`` (compile time independent of depth).
 
     Parameters get a leading ``[num_layers]`` axis with logical name ``"layers"``; the converter stacks the
