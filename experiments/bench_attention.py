@@ -22,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
 from bench_lib import block, interleaved, machine_description, summary  # noqa: E402
 
 from jaxshape.nn.attention import dot_product_attention  # noqa: E402
