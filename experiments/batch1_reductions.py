@@ -22,7 +22,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
-from bench_lib import block, interleaved, machine_description  # noqa: E402
+from bench_lib import block, interleaved, machine_description, write_markdown  # noqa: E402
 
 from jaxshape.nn.norms import broadcast_multiply, layer_norm  # noqa: E402
 
@@ -74,10 +74,7 @@ def main(argv=None):
     lines = ["# Reductions at batch 1 on XLA:CPU", "", f"Machine: {machine_description()}", "",
              f"Command: `python experiments/batch1_reductions.py --tokens {t} --channels {c} --reps {args.reps}`; "
              "fp32, min over the repetitions.", "", "| what | min (ms) |", "|---|---|", *rows, ""]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write("\n".join(lines))
-    print(f"wrote {args.out}")
+    write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
-from bench_lib import block, interleaved, machine_description, summary  # noqa: E402
+from bench_lib import block, interleaved, machine_description, summary, write_markdown  # noqa: E402
 
 from jaxshape.nn.attention import dot_product_attention  # noqa: E402
 
@@ -140,10 +140,7 @@ def main(argv=None):
              f"Command: `python experiments/bench_attention.py --reps {args.reps}`; fp32, batch 1, head dim 64; "
              "interleaved; fwd+bwd = gradient w.r.t. q, k, v.", "",
              "| shape | implementation | what | min / median (ms) |", "|---|---|---|---|", *rows, ""]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write("\n".join(lines))
-    print(f"wrote {args.out}")
+    write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -155,3 +155,11 @@ def machine_description() -> str:
     return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Python {platform.python_version()}, "
             f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads); load average at start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
+
+
+def write_markdown(path: str, lines: list[str]) -> None:
+    """Write a results table (lines joined by newlines), creating the folder; says where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+    print(f"wrote {path}")
