@@ -171,3 +171,28 @@ def test_auto_formulation_choices():
     assert C.auto_formulation(512, 16, 3) == "output_shift"
     assert C.auto_formulation(32, 1, 3) == "output_shift"
     assert C.auto_formulation(128, 128, 3) == "im2col_z"
+
+
+def test_unrolled_layer_stack_equals_scanned_stack():
+    """``scan_unroll`` changes the program, not the model: the same parameter tree, outputs and gradients."""
+    from jaxshape.models import VecSetDiT
+    from jaxshape.nn import layer_unroll
+    kw = dict(hidden_dim=32, num_heads=2, latent_size=16, latent_dim=8, num_layers=3, qknorm=True,
+              qknorm_type="RMSNorm")
+    rng = np.random.default_rng(7)
+    x, c = (jnp.asarray(rng.standard_normal(s).astype(np.float32)) for s in [(2, 16, 8), (2, 5, 32)])
+    t = jnp.asarray([10.0, 700.0])
+    looped, unrolled = VecSetDiT(scan_unroll=False, **kw), VecSetDiT(scan_unroll=True, **kw)
+    v = looped.init(jax.random.key(0), x, c, t)
+    v = jax.tree.map(lambda a: a + 0.05 * jnp.asarray(rng.standard_normal(a.shape).astype(np.float32)), v)
+    assert jax.tree.structure(unrolled.init(jax.random.key(0), x, c, t)) == jax.tree.structure(v)
+    out_l, out_u = looped.apply(v, x, c, t), unrolled.apply(v, x, c, t)
+    assert _rel(out_u, out_l) <= 1e-6
+    loss = lambda m: lambda v: jnp.sum(m.apply(v, x, c, t) ** 2)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(jax.grad(loss(unrolled))(v)), jax.tree.leaves(jax.grad(loss(looped))(v))):
+        assert _rel(a, b) <= 1e-5
+    # automatic choice: unrolled on CPU for shallow stacks without remat only
+    on_cpu = jax.default_backend() == "cpu"
+    assert layer_unroll(None, 3, remat=False) == on_cpu
+    assert not layer_unroll(None, 3, remat=True) and not layer_unroll(None, 24, remat=False)
+    assert layer_unroll(True, 24, remat=True) and not layer_unroll(False, 2, remat=False)

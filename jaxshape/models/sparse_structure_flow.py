@@ -1,7 +1,7 @@
 """TRELLIS sparse-structure flow DiT over the patchified 16³×8 latent grid.
 
-Fields carry TRELLIS's constructor arguments; ``dtype``, ``param_dtype``, ``remat_policy`` and
-``attention_impl`` are added. Call ``(x [B, R, R, R, in_channels], t [B] (already 1000·t), cond [B, M, Cc])``.
+Fields carry TRELLIS's constructor arguments; ``dtype``, ``param_dtype``, ``remat_policy``, ``attention_impl`` and
+``scan_unroll`` (see ``jaxshape.nn.layer_unroll``; ``None`` = automatic) are added. Call ``(x [B, R, R, R, in_channels], t [B] (already 1000·t), cond [B, M, Cc])``.
 The per-block weights live in one ``nn.scan`` stack named ``blocks`` (leading axis = block index).
 ``pe_mode="ape"`` keeps upstream's ``pos_emb`` buffer in the ``"buffers"`` collection (so released checkpoints
 load bit-exactly); ``pe_mode="rope"`` is TRELLIS.2's 3-D RoPE on the self-attention (TRELLIS v1's dense RoPE path
@@ -21,6 +21,7 @@ from jaxshape.nn import (
     TimestepEmbedder,
     absolute_position_embedding_3d,
     grid_coords_3d,
+    layer_unroll,
     patchify,
     rope_phases_3d,
     scan_blocks,
@@ -51,6 +52,7 @@ class SparseStructureFlowModel(nn.Module):
     param_dtype: Any = jnp.float32
     remat_policy: str = "nothing_saveable"
     attention_impl: Optional[str] = None
+    scan_unroll: Optional[bool] = None
 
     def __post_init__(self):
         name = "SparseStructureFlowModel"
@@ -123,6 +125,7 @@ class SparseStructureFlowModel(nn.Module):
         blocks = scan_blocks(
             ModulatedCrossBlock, self.num_blocks, name="blocks", remat=self.use_checkpoint,
             remat_policy=self.remat_policy, num_broadcast_args=3,
+            unroll=layer_unroll(self.scan_unroll, self.num_blocks, self.use_checkpoint),
             channels=c, num_heads=self.heads, mlp_ratio=self.mlp_ratio, naming="trellis",
             qk_norm="rms_per_head" if self.qk_rms_norm else None,
             qk_norm_cross="rms_per_head" if self.qk_rms_norm_cross else None,

@@ -4,7 +4,7 @@ Fields carry upstream's constructor arguments with upstream defaults (the releas
 ``VecSetDiT(hidden_dim=1536, num_heads=16, latent_size=4096, latent_dim=64, num_layers=24, qknorm=True,
 qknorm_type="RMSNorm", use_parts=True, part_embed_mode="part2_only")``); ``context_dim`` (condition width,
 ``None`` = ``hidden_dim`` as upstream hard-wires) is the mirror's addition; ``dtype``, ``param_dtype``,
-``remat_policy`` and ``attention_impl`` are JAX additions. ``gradient_checkpointing`` turns on ``nn.remat`` of the
+``remat_policy``, ``attention_impl`` and ``scan_unroll`` (``jaxshape.nn.layer_unroll``) are JAX additions. ``gradient_checkpointing`` turns on ``nn.remat`` of the
 scanned ``layers`` stack (no numeric effect).
 
 Call ``(x [B, N, latent_dim], c [B, M, context_dim], t [B]) -> [B, N, latent_dim]`` (fp32), ``t`` in 1000·σ.
@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxshape.nn import Dense, ModulatedCrossBlock, TimestepEmbedder, scan_blocks
+from jaxshape.nn import Dense, ModulatedCrossBlock, TimestepEmbedder, layer_unroll, scan_blocks
 from jaxshape.nn.initializers import partitioned
 from jaxshape.nn.norms import layer_norm
 
@@ -52,6 +52,7 @@ class VecSetDiT(nn.Module):
     param_dtype: Any = jnp.float32
     remat_policy: str = "nothing_saveable"
     attention_impl: Optional[str] = None
+    scan_unroll: Optional[bool] = None
 
     def __post_init__(self):
         name = "VecSetDiT"
@@ -128,6 +129,7 @@ class VecSetDiT(nn.Module):
         layers = scan_blocks(
             ModulatedCrossBlock, self.num_layers, name="layers", remat=self.gradient_checkpointing,
             remat_policy=self.remat_policy, num_broadcast_args=3,
+            unroll=layer_unroll(self.scan_unroll, self.num_layers, self.gradient_checkpointing),
             channels=ch, num_heads=self.num_heads, mlp_ratio=4.0, naming="partpacker", qk_norm=qk,
             qk_norm_cross=qk, share_mod=False, norm2_affine=False, approximate_gelu=False,
             attention_impl=self.attention_impl, **dt,

@@ -4,7 +4,7 @@ Fields are upstream ``vae.configs.schema.ModelConfig``'s, with the released ``pa
 (``cutoff_fps_*``, ``kl_weight`` and ``pretrain_path`` are training-side fields, kept so an upstream config
 constructs the model; they do not change the network). Added: ``dtype`` (compute dtype; ``None`` = fp32 params'
 dtype; upstream runs pure bf16), ``param_dtype``, ``remat_policy`` (``None`` disables rematerialisation of the
-scanned encoder/decoder stacks) and ``attention_impl``.
+scanned encoder/decoder stacks), ``attention_impl`` and ``scan_unroll`` (``jaxshape.nn.layer_unroll``).
 
 Methods (``module.apply(variables, ..., method=...)``):
 
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from jaxshape.nn import Dense, LayerNorm, fourier_point_features, scan_blocks
 from jaxshape.nn.norms import layer_norm
-from jaxshape.nn.transformer import AttentionBlock, FlashQueryLayer
+from jaxshape.nn.transformer import AttentionBlock, FlashQueryLayer, layer_unroll
 
 SALIENT_ATTN_MODES = ("dual", "dual_shared", "single")
 QKNORM_TYPES = {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm"}
@@ -162,6 +162,7 @@ class VecSetVAE(nn.Module):
     param_dtype: Any = jnp.float32
     remat_policy: Optional[str] = "nothing_saveable"
     attention_impl: Optional[str] = None
+    scan_unroll: Optional[bool] = None
 
     init_method = "init_all"
 
@@ -235,7 +236,8 @@ class VecSetVAE(nn.Module):
             self.perceiver_dorases = AttentionBlock(c, self.num_heads, cross=True, **blk)
         if self.num_enc_layers:
             self.encoder = scan_blocks(AttentionBlock, self.num_enc_layers, name="encoder", remat=remat,
-                                       remat_policy=policy, num_broadcast_args=0, channels=c,
+                                       remat_policy=policy, num_broadcast_args=0,
+                                       unroll=layer_unroll(self.scan_unroll, self.num_enc_layers, remat), channels=c,
                                        num_heads=self.num_heads, return_carry=True, **blk)
         self.norm_down = LayerNorm(1e-5, elementwise_affine=True, param_dtype=self.param_dtype)
         self.proj_down_mean = Dense(self.latent_dim, init="torch", axes=("embed", "latent"), **dt)
@@ -244,7 +246,9 @@ class VecSetVAE(nn.Module):
         self.proj_up = Dense(self.dec_hidden_dim, init="torch", axes=("latent", "embed"), **dt)
         if self.num_dec_layers:
             self.decoder = scan_blocks(AttentionBlock, self.num_dec_layers, name="decoder", remat=remat,
-                                       remat_policy=policy, num_broadcast_args=0, channels=self.dec_hidden_dim,
+                                       remat_policy=policy, num_broadcast_args=0,
+                                       unroll=layer_unroll(self.scan_unroll, self.num_dec_layers, remat),
+                                       channels=self.dec_hidden_dim,
                                        num_heads=self.dec_num_heads, return_carry=True, **blk)
         self.proj_query = Dense(self.query_hidden_dim, init="torch", axes=("points", "embed"), **dt)
         if self.use_flash_query:
