@@ -39,6 +39,7 @@ from tests.torch_reference import partpacker as PP  # noqa: E402
 from tests.torch_reference import trellis_ss as T  # noqa: E402
 
 LR, WD = 1e-4, 0.01
+BATCH = 1  # set by --batch; every case builds its inputs with this leading size
 
 
 def _rand_sd(tmodel, seed):
@@ -74,9 +75,9 @@ def case_ss_vae(size, dtype=None):
     je, jd = SparseStructureEncoder(**enc, dtype=dtype), SparseStructureDecoder(**dec, dtype=dtype)
     ve, vd = from_torch(je, _rand_sd(te, 1)), from_torch(jd, _rand_sd(td, 2))
     rng = np.random.default_rng(0)
-    x = (rng.random((1, 1, res, res, res)) > 0.7).astype(np.float32)
+    x = (rng.random((BATCH, 1, res, res, res)) > 0.7).astype(np.float32)
     r = res // 4
-    noise = rng.standard_normal((1, 8, r, r, r)).astype(np.float32)
+    noise = rng.standard_normal((BATCH, 8, r, r, r)).astype(np.float32)
     jx, jn = jnp.asarray(np.moveaxis(x, 1, -1)), jnp.asarray(np.moveaxis(noise, 1, -1))
     tx, tn = torch.from_numpy(x), torch.from_numpy(noise)
 
@@ -106,9 +107,9 @@ def case_ss_flow(size, dtype=None):
     v = from_torch(jm, _rand_sd(tm, 3))
     rng = np.random.default_rng(1)
     r = args["resolution"]
-    x = rng.standard_normal((1, 8, r, r, r)).astype(np.float32)
-    t = np.array([500.0], np.float32)
-    c = rng.standard_normal((1, m, args["cond_channels"])).astype(np.float32)
+    x = rng.standard_normal((BATCH, 8, r, r, r)).astype(np.float32)
+    t = np.full((BATCH,), 500.0, np.float32)
+    c = rng.standard_normal((BATCH, m, args["cond_channels"])).astype(np.float32)
     jin = (jnp.asarray(np.moveaxis(x, 1, -1)), jnp.asarray(t), jnp.asarray(c))
     tin = tuple(torch.from_numpy(a) for a in (x, t, c))
 
@@ -117,7 +118,7 @@ def case_ss_flow(size, dtype=None):
 
     other = {k: val for k, val in v.items() if k != "params"}
     return dict(note=note, jfwd=jfwd, tfwd=tm, params=v["params"], other=other, jin=jin, tin=tin, tmods=[tm],
-                target=(jnp.asarray(rng.standard_normal((1, r, r, r, 8)).astype(np.float32)), None), nchw_out=True)
+                target=(jnp.asarray(rng.standard_normal((BATCH, r, r, r, 8)).astype(np.float32)), None), nchw_out=True)
 
 
 def case_vecset_dit(size, dtype=None):
@@ -134,9 +135,9 @@ def case_vecset_dit(size, dtype=None):
     jm = VecSetDiT(gradient_checkpointing=False, dtype=dtype, **kw)
     v = from_torch(jm, _rand_sd(tm, 4))
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((1, n, 64)).astype(np.float32)
-    c = rng.standard_normal((1, m, kw["hidden_dim"])).astype(np.float32)
-    t = np.array([500.0], np.float32)
+    x = rng.standard_normal((BATCH, n, 64)).astype(np.float32)
+    c = rng.standard_normal((BATCH, m, kw["hidden_dim"])).astype(np.float32)
+    t = np.full((BATCH,), 500.0, np.float32)
     jin = tuple(jnp.asarray(a) for a in (x, c, t))
     tin = tuple(torch.from_numpy(a) for a in (x, c, t))
 
@@ -144,7 +145,7 @@ def case_vecset_dit(size, dtype=None):
         return jm.apply({"params": params}, x, c, t)
 
     return dict(note=note, jfwd=jfwd, tfwd=tm, params=v["params"], other={}, jin=jin, tin=tin, tmods=[tm],
-                target=(jnp.asarray(rng.standard_normal((1, n, 64)).astype(np.float32)), None))
+                target=(jnp.asarray(rng.standard_normal((BATCH, n, 64)).astype(np.float32)), None))
 
 
 def case_vecset_vae(size, dtype=None):
@@ -166,12 +167,12 @@ def case_vecset_vae(size, dtype=None):
     jm = VecSetVAE(remat_policy=None, dtype=dtype, **cfg)
     v = from_torch(jm, _rand_sd(tm, 5))
     rng = np.random.default_rng(3)
-    data = dict(pointcloud=rng.uniform(-1, 1, (1, npts, 3)).astype(np.float32),
-                pointcloud_dorases=rng.uniform(-1, 1, (1, nsal, 3)).astype(np.float32),
-                fps_indices=rng.permutation(npts)[:nfps][None].astype(np.int32),
-                fps_indices_dorases=rng.permutation(nsal)[:nfps_s][None].astype(np.int32),
-                query_points=rng.uniform(-1, 1, (1, nq, 3)).astype(np.float32))
-    noise = rng.standard_normal((1, nfps + nfps_s, 64)).astype(np.float32)
+    data = dict(pointcloud=rng.uniform(-1, 1, (BATCH, npts, 3)).astype(np.float32),
+                pointcloud_dorases=rng.uniform(-1, 1, (BATCH, nsal, 3)).astype(np.float32),
+                fps_indices=np.stack([rng.permutation(npts)[:nfps] for _ in range(BATCH)]).astype(np.int32),
+                fps_indices_dorases=np.stack([rng.permutation(nsal)[:nfps_s] for _ in range(BATCH)]).astype(np.int32),
+                query_points=rng.uniform(-1, 1, (BATCH, nq, 3)).astype(np.float32))
+    noise = rng.standard_normal((BATCH, nfps + nfps_s, 64)).astype(np.float32)
     jdata = {k: jnp.asarray(a) for k, a in data.items()}
     tdata = {k: torch.from_numpy(a) for k, a in data.items()}
 
@@ -185,7 +186,7 @@ def case_vecset_vae(size, dtype=None):
 
     return dict(note=note, jfwd=jfwd, tfwd=tfwd, params=v["params"], other={}, jin=(jdata, jnp.asarray(noise)),
                 tin=(tdata, torch.from_numpy(noise)), tmods=[tm],
-                target=(jnp.asarray(rng.standard_normal((1, nq)).astype(np.float32)), None))
+                target=(jnp.asarray(rng.standard_normal((BATCH, nq)).astype(np.float32)), None))
 
 
 CASES = {"ss_vae": ("TRELLIS SS VAE (enc+dec)", case_ss_vae), "ss_flow": ("TRELLIS SS flow DiT", case_ss_flow),
@@ -312,8 +313,13 @@ def main(argv=None):
     ap.add_argument("--sizes", default="cpu,released")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--torch-compile", action="store_true")
+    ap.add_argument("--batch", type=int, default=1, help="leading batch size of every case's inputs (default 1)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_models.md"))
     args = ap.parse_args(argv)
+    if args.batch < 1:
+        raise SystemExit(f"--batch must be ≥ 1, got {args.batch}")
+    global BATCH
+    BATCH = args.batch
     torch.set_num_threads(os.cpu_count() or 1)
     desc = machine_description()
     print(desc, flush=True)
@@ -328,7 +334,8 @@ def main(argv=None):
             label = CASES[name][0]
             print(f"== {label} [{size}]", flush=True)
             r = bench_case(name, size, args.reps, args.torch_compile)
-            notes.append(f"- {label}, {size}: {r['note']}; jax compile: forward {r['compile_fwd']:.1f} s, "
+            note = r["note"].replace("batch 1", f"batch {BATCH}")
+            notes.append(f"- {label}, {size}: {note}; jax compile: forward {r['compile_fwd']:.1f} s, "
                          f"train step {r['compile_step']:.1f} s"
                          + (f"; torch.compile warm-up {r['torch_compile_s']:.1f} s" if "torch_compile_s" in r else ""))
             ratio = summary(r["step"]["torch"])[1] / summary(r["step"]["jax"])[1]
@@ -347,8 +354,8 @@ def main(argv=None):
         f"fp32 matmul peak measured in this run: jax {pk['jax']:.0f} / torch {pk['torch']:.0f} GFLOP/s (n=2048), "
         f"jax {pk4['jax']:.0f} / torch {pk4['torch']:.0f} (n=4096); % peak below is against {peak:.0f} GFLOP/s.", "",
         f"Command: `python experiments/bench_models.py --sizes {args.sizes} --models {args.models} --reps {args.reps}"
-        + (" --torch-compile" if args.torch_compile else "") + "`", "",
-        "Timings interleaved (jax, torch, jax, torch, ...) in one process, fp32, batch 1, " 
+        + (f" --batch {BATCH}" if BATCH != 1 else "") + (" --torch-compile" if args.torch_compile else "") + "`", "",
+        f"Timings interleaved (jax, torch, jax, torch, ...) in one process, fp32, batch {BATCH}, "
         f"{args.reps} repetitions after one warm-up. Train step = forward + MSE loss + backward + AdamW "
         "(jax: one jitted function with donated params/optimizer state; torch: eager `backward()` + `AdamW.step()`); "
         "no rematerialisation on either side. GFLOP = analytic matmul + conv FLOPs from the jaxpr (train step = 3 × "
