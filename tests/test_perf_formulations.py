@@ -205,3 +205,19 @@ def test_unrolled_layer_stack_equals_scanned_stack():
     assert layer_unroll(None, 3, remat=False) == on_cpu
     assert not layer_unroll(None, 3, remat=True) and not layer_unroll(None, 24, remat=False)
     assert layer_unroll(True, 24, remat=True) and not layer_unroll(False, 2, remat=False)
+
+
+def test_flash_attention_stays_local_when_the_batch_is_sharded():
+    """The kernel loops over heads and query chunks, never over the batch: a batch-sharded call must compile
+    without collectives (looping over a sharded axis makes XLA gather it onto every device)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    n = len(jax.devices())
+    if n < 2:
+        pytest.skip("needs several devices (tests/conftest.py simulates 8)")
+    sh = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+    q = jax.device_put(jnp.ones((n, 64, 2, 8)), sh)
+    fn = jax.jit(jax.grad(lambda q: jnp.sum(A.flash_attention(q, q, q, query_chunk_size=16) ** 2)),
+                 in_shardings=sh, out_shardings=sh)
+    hlo = fn.lower(q).compile().as_text()
+    for op in ("all-gather", "all-to-all", "all-reduce", "collective-permute"):
+        assert f" {op}(" not in hlo, op
