@@ -302,9 +302,10 @@ def fmt_row(model, size, what, r, key, flops, peak):
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| model | size | what | jaxshape min / median (s) | torch eager min / median (s) | torch.compile min / median "
-          "(s) | speed-up vs eager, median (min) | GFLOP | jaxshape GFLOP/s (% peak) | torch GFLOP/s (% peak) | "
-          "jax compile (s) | jax peak MiB: XLA temp / RSS Δ | torch RSS Δ MiB |\n" + "|---" * 13 + "|")
+HEADER = ("| model | size | what | jaxshape min / median (s) | torch eager min / median (s) | "
+          "torch.compile min / median (s) | speed-up vs eager, median (min) | GFLOP | jaxshape GFLOP/s (% peak) | "
+          "torch GFLOP/s (% peak) | jax compile (s) | jax peak MiB: XLA temp / RSS Δ | torch RSS Δ MiB |\n"
+          + "|---" * 13 + "|")
 
 
 def main(argv=None):

@@ -1,7 +1,8 @@
 """TRELLIS sparse-structure flow DiT over the patchified 16³×8 latent grid.
 
 Fields carry TRELLIS's constructor arguments; ``dtype``, ``param_dtype``, ``remat_policy``, ``attention_impl`` and
-``scan_unroll`` (see ``jaxshape.nn.layer_unroll``; ``None`` = automatic) are added. Call ``(x [B, R, R, R, in_channels], t [B] (already 1000·t), cond [B, M, Cc])``.
+``scan_unroll`` (see ``jaxshape.nn.layer_unroll``; ``None`` = automatic) are added.
+Call ``(x [B, R, R, R, in_channels], t [B] (already 1000·t), cond [B, M, Cc])``.
 The per-block weights live in one ``nn.scan`` stack named ``blocks`` (leading axis = block index).
 ``pe_mode="ape"`` keeps upstream's ``pos_emb`` buffer in the ``"buffers"`` collection (so released checkpoints
 load bit-exactly); ``pe_mode="rope"`` is TRELLIS.2's 3-D RoPE on the self-attention (TRELLIS v1's dense RoPE path

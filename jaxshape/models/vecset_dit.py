@@ -4,8 +4,8 @@ Fields carry upstream's constructor arguments with upstream defaults (the releas
 ``VecSetDiT(hidden_dim=1536, num_heads=16, latent_size=4096, latent_dim=64, num_layers=24, qknorm=True,
 qknorm_type="RMSNorm", use_parts=True, part_embed_mode="part2_only")``); ``context_dim`` (condition width,
 ``None`` = ``hidden_dim`` as upstream hard-wires) is the mirror's addition; ``dtype``, ``param_dtype``,
-``remat_policy``, ``attention_impl`` and ``scan_unroll`` (``jaxshape.nn.layer_unroll``) are JAX additions. ``gradient_checkpointing`` turns on ``nn.remat`` of the
-scanned ``layers`` stack (no numeric effect).
+``remat_policy``, ``attention_impl`` and ``scan_unroll`` (``jaxshape.nn.layer_unroll``) are JAX additions.
+``gradient_checkpointing`` turns on ``nn.remat`` of the scanned ``layers`` stack (no numeric effect).
 
 Call ``(x [B, N, latent_dim], c [B, M, context_dim], t [B]) -> [B, N, latent_dim]`` (fp32), ``t`` in 1000·σ.
 Part embeddings (``use_parts``): ``part2_only`` adds ``part_embed [1, C]`` to tokens ``N // 2 :``; ``part`` adds

@@ -52,9 +52,10 @@ def _reference_attention(q, k, v, scale):
 # the batch axis: per sample the [chunk, Lk] logits stay in cache (4 MiB at chunk 256, Lk 4096), which is what makes
 # this faster than batching all heads per chunk (measured 3.3× forward, 1.4× forward+backward at 16 heads × 4096
 # tokens). Heads are the outer loop, query chunks the inner one; the batch axis is never looped over, so a
-# batch-sharded call stays local to each device (looping over it would make XLA gather the batch). The backward recomputes the probabilities *key-major* ([Lk, chunk]):
-# then dV = Pᵀ·dO and dK = dSᵀ·Q are plain row-major matmuls (a transposed operand runs at ~1/4 of the matmul
-# speed in XLA:CPU) and only dQ contracts over the leading axis.
+# batch-sharded call stays local to each device (looping over it would make XLA gather the batch). The backward
+# recomputes the probabilities *key-major* ([Lk, chunk]): then dV = Pᵀ·dO and dK = dSᵀ·Q are plain row-major
+# matmuls (a transposed operand runs at ~1/4 of the matmul speed in XLA:CPU) and only dQ contracts over the leading
+# axis. The kernel takes queries already multiplied by the softmax scale (autodiff applies the scale to dQ).
 
 
 def _heads_first(x: jax.Array) -> jax.Array:
@@ -70,10 +71,9 @@ def _query_chunks(x: jax.Array, chunk: int) -> jax.Array:
     return x.reshape(n, chunk, *x.shape[1:])
 
 
-def _flash_forward_head(q, k, v, scale, chunk):
-    """One head: q [Lq, D], k/v [Lk, D] -> (out [Lq, D], logsumexp [Lq] fp32)."""
+def _flash_forward_head(q, k, v, chunk):
+    """One head: scaled q [Lq, D], k/v [Lk, D] -> (out [Lq, D], logsumexp [Lq] fp32)."""
     lq = q.shape[0]
-    qs = (q * scale).astype(q.dtype)
 
     def one(qi):
         s = jnp.dot(qi, k.T, preferred_element_type=jnp.float32)
@@ -83,14 +83,14 @@ def _flash_forward_head(q, k, v, scale, chunk):
         o = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32) / denom
         return o.astype(q.dtype), (m + jnp.log(denom))[:, 0]
 
-    o, lse = jax.lax.map(one, _query_chunks(qs, chunk))
+    o, lse = jax.lax.map(one, _query_chunks(q, chunk))
     return o.reshape(-1, o.shape[-1])[:lq], lse.reshape(-1)[:lq]
 
 
-def _flash_backward_head(q, k, v, do, lse, delta, scale, chunk):
-    """One head's (dQ, dK, dV); probabilities recomputed per query chunk, key-major, from the saved logsumexp."""
+def _flash_backward_head(q, k, v, do, lse, delta, chunk):
+    """One head's (dQ, dK, dV) for scaled q; probabilities recomputed per query chunk, key-major, from the saved
+    logsumexp."""
     lq = q.shape[0]
-    qs = (q * scale).astype(q.dtype)
 
     def one(carry, x):
         dk, dv = carry
@@ -99,11 +99,11 @@ def _flash_backward_head(q, k, v, do, lse, delta, scale, chunk):
         dv = dv + jnp.dot(pt.astype(do.dtype), doi, preferred_element_type=jnp.float32)
         dpt = jnp.dot(v, doi.T, preferred_element_type=jnp.float32)
         dst = (pt * (dpt - di[None, :])).astype(q.dtype)
-        dqi = jnp.einsum("kq,kd->qd", dst, k, preferred_element_type=jnp.float32) * scale
+        dqi = jnp.einsum("kq,kd->qd", dst, k, preferred_element_type=jnp.float32)
         dk = dk + jnp.dot(dst, qi, preferred_element_type=jnp.float32)
         return (dk, dv), dqi.astype(q.dtype)
 
-    xs = (_query_chunks(qs, chunk), _query_chunks(do, chunk), _query_chunks(lse, chunk), _query_chunks(delta, chunk))
+    xs = (_query_chunks(q, chunk), _query_chunks(do, chunk), _query_chunks(lse, chunk), _query_chunks(delta, chunk))
     zeros = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
     (dk, dv), dq = jax.lax.scan(one, zeros, xs)
     return dq.reshape(-1, dq.shape[-1])[:lq], dk.astype(k.dtype), dv.astype(v.dtype)
@@ -114,27 +114,27 @@ def _per_head(fn, ndim: int):
     return jax.vmap(fn) if ndim == 4 else fn
 
 
-def _flash_forward(q, k, v, scale, chunk):
-    """q [H, (B,) Lq, D], k/v [H, (B,) Lk, D] -> (out [H, (B,) Lq, D], logsumexp [H, (B,) Lq] fp32)."""
-    per_head = _per_head(partial(_flash_forward_head, scale=scale, chunk=chunk), q.ndim)
+def _flash_forward(q, k, v, chunk):
+    """Scaled q [H, (B,) Lq, D], k/v [H, (B,) Lk, D] -> (out [H, (B,) Lq, D], logsumexp [H, (B,) Lq] fp32)."""
+    per_head = _per_head(partial(_flash_forward_head, chunk=chunk), q.ndim)
     return jax.lax.map(lambda a: per_head(*a), (q, k, v))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _flash_attention(q, k, v, scale, chunk):
-    return _flash_forward(q, k, v, scale, chunk)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _flash_attention(q, k, v, chunk):
+    return _flash_forward(q, k, v, chunk)[0]
 
 
-def _flash_fwd(q, k, v, scale, chunk):
-    o, lse = _flash_forward(q, k, v, scale, chunk)
+def _flash_fwd(q, k, v, chunk):
+    o, lse = _flash_forward(q, k, v, chunk)
     return o, (q, k, v, o, lse)
 
 
-def _flash_bwd(scale, chunk, res, do):
+def _flash_bwd(chunk, res, do):
     """Flash-attention backward: memory O(chunk · Lk) per head instead of O(Lq · Lk); dK, dV accumulated in fp32."""
     q, k, v, o, lse = res
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [H, (B,) Lq]
-    per_head = _per_head(partial(_flash_backward_head, scale=scale, chunk=chunk), q.ndim)
+    per_head = _per_head(partial(_flash_backward_head, chunk=chunk), q.ndim)
     return jax.lax.map(lambda a: per_head(*a), (q, k, v, do, lse, delta))
 
 
@@ -148,7 +148,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: Optional
     rounding; memory O(chunk · Lk). Fastest on CPU for long sequences (see docs/performance.md)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     chunk = max(1, min(query_chunk_size, q.shape[1]))
-    o = _flash_attention(_heads_first(q), _heads_first(k), _heads_first(v), float(scale), int(chunk))
+    qs = (q * scale).astype(q.dtype)
+    o = _flash_attention(_heads_first(qs), _heads_first(k), _heads_first(v), int(chunk))
     return o.transpose(1, 0, 2)[None] if o.ndim == 3 else o.transpose(1, 2, 0, 3)
 
 

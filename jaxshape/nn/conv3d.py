@@ -25,9 +25,9 @@ CONV_FORMULATIONS = ("auto", "lax", "im2col", "im2col_yz", "im2col_z", "shift", 
 
 def auto_formulation(cin: int, cout: int, k: int) -> str:
     """The formulation :func:`conv3d_same` uses by default (measured on XLA:CPU, see docs/performance.md):
-    tiny input width -> one im2col matmul; output 8× narrower than the input -> one matmul to ``k³·out`` then shifted adds;
-    otherwise im2col over the kernel's z axis (3 shifted copies, 9 matmuls with K = 3·in). All of them have
-    matmul-only backward passes (XLA:CPU's conv weight/input gradients are its slowest path)."""
+    tiny input width -> one im2col matmul; output 8× narrower than the input -> one matmul to ``k³·out`` then
+    shifted adds; otherwise im2col over the kernel's z axis (3 shifted copies, 9 matmuls with K = 3·in). All of them
+    have matmul-only backward passes (XLA:CPU's conv weight/input gradients are its slowest path)."""
     if k == 1:
         return "im2col"
     if cin * k**3 <= 320:

@@ -18,7 +18,7 @@ def broadcast_multiply(x: jax.Array, w: jax.Array) -> jax.Array:
 
     With batch 1 the product is formed on a ``[T, ...]`` view of ``x``. Why: the gradient of ``w`` is a reduction of
     ``g * x`` over the tokens, and XLA:CPU's YNNPACK fusions (jax 0.10) reduce a ``[1, T, C]`` product over ``T`` some
-    100× slower than a ``[T, C]`` one (75 ms vs 0.5 ms at 4096 × 1024; experiments/results/bench_models.md).
+    100× slower than a ``[T, C]`` one (75-90 ms vs 0.5-1 ms at 4096 × 1024; experiments/results/batch1_reductions.md).
     """
     core = w.ndim
     while core and w.shape[w.ndim - core] == 1:
@@ -36,13 +36,18 @@ def _rows(x: jax.Array) -> jax.Array:
     return x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x
 
 
-def layer_norm(x: jax.Array, epsilon: float) -> jax.Array:
-    """Parameter-free LayerNorm over the last axis, computed in fp32, returned in fp32."""
-    x32 = _rows(x).astype(jnp.float32)
+def _layer_norm_rows(x: jax.Array, epsilon: float) -> jax.Array:
+    """Parameter-free LayerNorm of a ``[rows, C]`` array, in fp32."""
+    x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     centred = x32 - mean
     var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-    return (centred * lax.rsqrt(var + epsilon)).reshape(x.shape)
+    return centred * lax.rsqrt(var + epsilon)
+
+
+def layer_norm(x: jax.Array, epsilon: float) -> jax.Array:
+    """Parameter-free LayerNorm over the last axis, computed in fp32, returned in fp32."""
+    return _layer_norm_rows(_rows(x), epsilon).reshape(x.shape)
 
 
 class LayerNorm(nn.Module):
@@ -60,7 +65,7 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = _rows(layer_norm(x, self.epsilon))
+        y = _layer_norm_rows(_rows(x), self.epsilon)
         if self.elementwise_affine:
             c = x.shape[-1]
             scale = self.param("scale", partitioned(nn.initializers.ones_init(), self.axes), (c,), self.param_dtype)
