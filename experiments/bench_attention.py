@@ -25,6 +25,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
+if __name__ == "__main__":  # JAXSHAPE_CPU_MALLOC=1: host-allocator tunables, as for `python -m jaxshape.train`
+    from jaxshape.cpu_allocator import reexec_with_cpu_malloc_tunables
+    reexec_with_cpu_malloc_tunables()
 from bench_lib import block, interleaved, machine_description, summary, write_markdown  # noqa: E402
 
 from jaxshape.nn.attention import dot_product_attention  # noqa: E402

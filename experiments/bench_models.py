@@ -24,6 +24,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
+if __name__ == "__main__":  # JAXSHAPE_CPU_MALLOC=1: host-allocator tunables, as for `python -m jaxshape.train`
+    from jaxshape.cpu_allocator import reexec_with_cpu_malloc_tunables
+    reexec_with_cpu_malloc_tunables()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -278,7 +281,8 @@ def bench_case(name, size, reps, torch_compile):
     with PeakRSS() as mt:
         run_tstep()
     return dict(note=c["note"], flops_fwd=flops_fwd, compile_fwd=t_cf, compile_step=t_cs, fwd=tf, step=ts,
-                xla_temp=xla_temp, rss_jax=mj.delta, rss_torch=mt.delta, **compile_note)
+                xla_temp=xla_temp, rss_jax=mj.delta, rss_torch=mt.delta, runners={"jax": run_jstep, "torch": run_tstep},
+                **compile_note)
 
 
 def fmt_row(model, size, what, r, key, flops, peak):

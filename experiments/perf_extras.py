@@ -21,6 +21,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
+if __name__ == "__main__":  # JAXSHAPE_CPU_MALLOC=1: host-allocator tunables, as for `python -m jaxshape.train`
+    from jaxshape.cpu_allocator import reexec_with_cpu_malloc_tunables
+    reexec_with_cpu_malloc_tunables()
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

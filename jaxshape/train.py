@@ -77,6 +77,9 @@ def _setup_logging() -> None:
 def main(argv) -> None:
     del argv
     _setup_logging()
+    from jaxshape import cpu_allocator
+
+    logging.getLogger("jaxshape.train").info("host allocator: %s", cpu_allocator.describe())
     results = run_pipeline(FLAGS.config, FLAGS.workdir)
     for name, r in results.items():
         losses = r["losses"]
@@ -88,4 +91,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    from jaxshape.cpu_allocator import reexec_with_cpu_malloc_tunables
+
+    reexec_with_cpu_malloc_tunables()  # only with JAXSHAPE_CPU_MALLOC=1 (see the module)
     sys.exit(app.run(main))

@@ -1,0 +1,100 @@
+"""Host-memory allocator settings for CPU runs (glibc Linux): stop XLA:CPU from page-faulting its temporaries anew on
+every step.
+
+XLA:CPU ``malloc``s each executable's temporary buffers when it runs and frees them afterwards (hundreds of MiB for a
+small train step, GiBs at released widths). glibc serves blocks that large with a fresh ``mmap`` and returns them
+with ``munmap``, so every step the kernel faults in and zeroes all of it again, one 4 KiB page at a time. Measured on
+the 2-core benchmark machine (``experiments/malloc_tuning.py``): the released-width SS-VAE gradient took ~600,000
+page faults and 0.6-1.9 s of system time per step (1.8-2.2 s wall), the CPU-size DiT gradients ~30,000 faults
+(15-35% of their wall time). PyTorch's CPU allocator goes through the same ``malloc``.
+
+The remedy is three glibc tunables (:data:`MALLOC_TUNABLES`): one arena, no ``mmap`` for large blocks, never trim
+the heap, so freed temporaries stay mapped and the next step reuses them (no faults once the heap has reached its
+working size; a step whose allocation order fragments the heap differently can still grow it). The price: the
+process keeps its peak heap mapped until it exits (as PyTorch's and JAX's GPU caching allocators do), and all threads
+share one malloc arena (fine for XLA's and our pipeline's allocation pattern; a very malloc-heavy many-threaded host
+program could contend on it). Adding ``glibc.malloc.hugetlb=1`` (transparent huge pages for the heap) to your own
+``GLIBC_TUNABLES`` is faster still in steady state (10-25% more on the SS-VAE steps here) but not a default: when
+the heap grows, the kernel may compact memory synchronously to find huge pages, and we measured 0.5-2.5 s stalls of
+system time on this shared machine.
+
+glibc reads tunables only at process start, so :func:`reexec_with_cpu_malloc_tunables` re-executes the current
+command once with ``GLIBC_TUNABLES`` set; ``python -m jaxshape.train`` and the benchmarks in ``experiments/`` call it
+first thing. It is **opt-in** (``JAXSHAPE_CPU_MALLOC=1``; unset or ``0`` = glibc defaults) because the effect depends
+on the heap's layout: the same tiny jitted function showed no faults after the first call when started from one
+directory and 2/3 of the default faults from another, and with 8 simulated host devices the faults stay. Measured
+gains and losses per model: ``experiments/results/malloc_tuning.md``. Tunables already in ``GLIBC_TUNABLES`` are kept
+and win over ours. Only on glibc Linux.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Optional, Sequence
+
+MALLOC_TUNABLES = {
+    "glibc.malloc.arena_max": "1",
+    "glibc.malloc.mmap_max": "0",
+    "glibc.malloc.trim_threshold": str(2**46),
+}
+SWITCH_ENV = "JAXSHAPE_CPU_MALLOC"
+APPLIED_ENV = "JAXSHAPE_CPU_MALLOC_APPLIED"
+
+
+def parse_tunables(value: Optional[str]) -> dict:
+    """``"a=1:b=2"`` -> ``{"a": "1", "b": "2"}`` (the ``GLIBC_TUNABLES`` syntax)."""
+    out = {}
+    for item in (value or "").split(":"):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def merged_tunables(existing: Optional[str]) -> str:
+    """Our tunables plus the caller's ``GLIBC_TUNABLES``; the caller's value wins for any key set in both."""
+    merged = dict(MALLOC_TUNABLES)
+    merged.update(parse_tunables(existing))
+    return ":".join(f"{k}={v}" for k, v in merged.items())
+
+
+def tunables_active(environ=None) -> bool:
+    """Whether this process was started with all of :data:`MALLOC_TUNABLES` in ``GLIBC_TUNABLES`` (any values)."""
+    env = os.environ if environ is None else environ
+    return set(MALLOC_TUNABLES) <= set(parse_tunables(env.get("GLIBC_TUNABLES")))
+
+
+def wanted(environ=None) -> bool:
+    """Whether the tunables should be applied: ``JAXSHAPE_CPU_MALLOC=1`` on glibc Linux (opt-in); unset or ``0`` =
+    no. Any other value is an error."""
+    env = os.environ if environ is None else environ
+    switch = env.get(SWITCH_ENV, "").strip()
+    if switch not in ("", "0", "1"):
+        raise ValueError(f"{SWITCH_ENV} must be 0 or 1 (or unset), got {env[SWITCH_ENV]!r}")
+    return switch == "1" and sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+
+def describe(environ=None) -> str:
+    """One line for logs and benchmark tables: which allocator settings this process runs with."""
+    env = os.environ if environ is None else environ
+    if tunables_active(env):
+        return f"glibc malloc tunables on ({env['GLIBC_TUNABLES']})"
+    return "default glibc malloc (tunables off)"
+
+
+def reexec_with_cpu_malloc_tunables(argv: Optional[Sequence[str]] = None) -> None:
+    """Re-execute this command (``sys.orig_argv``, or ``argv``) with :data:`MALLOC_TUNABLES` added to
+    ``GLIBC_TUNABLES``, if :func:`wanted` and not already active; otherwise return. Call it before anything else
+    (it replaces the process; output already buffered is flushed first). Re-executes at most once."""
+    if os.environ.get(APPLIED_ENV) or tunables_active() or not wanted():
+        return
+    args = list(argv if argv is not None else getattr(sys, "orig_argv", []))
+    if not args:
+        return
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = merged_tunables(env.get("GLIBC_TUNABLES"))
+    env[APPLIED_ENV] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable] + args[1:], env)
