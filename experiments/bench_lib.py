@@ -143,7 +143,8 @@ def matmul_peak(n: int = 2048, reps: int = 7) -> dict[str, float]:
     return {k: 2 * n**3 / min(v) / 1e9 for k, v in ts.items()}
 
 
-def machine_description() -> str:
+def machine_description(allocator: bool = True) -> str:
+    """CPU, memory, library versions, torch threads, (``allocator``:) the host-allocator setting, and the load."""
     import flax
     import torch
 
@@ -165,7 +166,7 @@ def machine_description() -> str:
     load = os.getloadavg()
     return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Python {platform.python_version()}, "
             f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads); {cpu_allocator.describe()}; "
+            f"({torch.get_num_threads()} threads); " + (f"{cpu_allocator.describe()}; " if allocator else "") +
             f"load average at start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
 
 

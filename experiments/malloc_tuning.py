@@ -65,7 +65,7 @@ def run_child(name: str, size: str, reps: int, setting: str) -> dict:
 
 def main(argv=None):
     import bench_models as B
-    from bench_lib import machine_description
+    from bench_lib import machine_description, write_markdown
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="cpu,released")
@@ -73,7 +73,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "malloc_tuning.md"))
     args = ap.parse_args(argv)
-    desc = machine_description().split("; default glibc")[0].split("; glibc malloc")[0]
+    desc = machine_description(allocator=False)  # each child process has its own setting
     print(desc, flush=True)
     rows = []
     for size in args.sizes.split(","):
@@ -93,7 +93,7 @@ def main(argv=None):
             rows.append("| " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
     load = os.getloadavg()
-    text = "\n".join([
+    write_markdown(args.out, [
         "# Host allocator: glibc default vs the tunables of jaxshape/cpu_allocator.py", "",
         f"Machine: {desc}; load average at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}.", "",
         f"Tunables: `GLIBC_TUNABLES={cpu_allocator.merged_tunables(None)}`.", "",
@@ -107,9 +107,6 @@ def main(argv=None):
         "| model | size | jaxshape step (s) | jax minor faults / step | jax system s / step | torch eager step (s) | "
         "torch minor faults / step | torch system s / step | speed-up vs torch eager |",
         "|---" * 9 + "|", *rows, ""])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ system time on this shared machine.
 glibc reads tunables only at process start, so :func:`reexec_with_cpu_malloc_tunables` re-executes the current
 command once with ``GLIBC_TUNABLES`` set; ``python -m jaxshape.train`` and the benchmarks in ``experiments/`` call it
 first thing. It is **opt-in** (``JAXSHAPE_CPU_MALLOC=1``; unset or ``0`` = glibc defaults) because the effect depends
-on the heap's layout: the same tiny jitted function showed no faults after the first call when started from one
-directory and 2/3 of the default faults from another, and with 8 simulated host devices the faults stay. Measured
+on the heap's layout: a small jitted function with a 95 MiB temporary kept 0%, 33%, 67% or 100% of the default
+per-call faults in different runs of the same script. Measured
 gains and losses per model: ``experiments/results/malloc_tuning.md``. Tunables already in ``GLIBC_TUNABLES`` are kept
 and win over ours. Only on glibc Linux.
 """

@@ -26,6 +26,7 @@ CONV_FORMULATIONS = ("auto", "lax", "im2col", "im2col_yz", "im2col_z", "shift", 
 # Winograd F(2, 3) (Lavin & Gray 2016), 1-D: y = A^T [(G g) * (B^T d)] for a 4-tap input tile d, 3-tap filter g and
 # 2 outputs y_i = sum_k d[i + k] g[k] (cross-correlation, as torch's conv). 3-D = the same transform on each axis.
 WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+WINOGRAD_G3 = np.einsum("ai,bj,ck->abcijk", WINOGRAD_G, WINOGRAD_G, WINOGRAD_G).reshape(64, 27)  # G⊗G⊗G
 WINOGRAD_MIN_CHANNELS = 32
 
 
@@ -82,8 +83,7 @@ def winograd_conv3d(x: jax.Array, kernel: jax.Array) -> jax.Array:
             v.extend(_winograd_input_1d(c, 3, n[2]))
     tiles = b * n[0] * n[1] * n[2]
     v = jnp.stack(v, 0).reshape(64, tiles, cin)
-    g3 = np.einsum("ai,bj,ck->abcijk", WINOGRAD_G, WINOGRAD_G, WINOGRAD_G).reshape(64, 27)
-    u = jnp.dot(jnp.asarray(g3, kernel.dtype), kernel.reshape(27, cin * cout),
+    u = jnp.dot(jnp.asarray(WINOGRAD_G3, kernel.dtype), kernel.reshape(27, cin * cout),
                 precision=lax.Precision.HIGHEST).reshape(64, cin, cout)
     m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # [64, tiles, out]
     m = m.reshape(4, 4, 4, b, n[0], n[1], n[2], cout)
