@@ -16,7 +16,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
-if __name__ == "__main__":  # JAXSHAPE_CPU_MALLOC=1: host-allocator tunables, as for `python -m jaxshape.train`
+if __name__ == "__main__":  # host-allocator tunables as in `python -m jaxshape.train` (JAXSHAPE_CPU_MALLOC=0: off)
     from jaxshape.cpu_allocator import reexec_with_cpu_malloc_tunables
     reexec_with_cpu_malloc_tunables()
 

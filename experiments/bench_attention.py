@@ -25,7 +25,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
-if __name__ == "__main__":  # JAXSHAPE_CPU_MALLOC=1: host-allocator tunables, as for `python -m jaxshape.train`
+if __name__ == "__main__":  # host-allocator tunables as in `python -m jaxshape.train` (JAXSHAPE_CPU_MALLOC=0: off)
     from jaxshape.cpu_allocator import reexec_with_cpu_malloc_tunables
     reexec_with_cpu_malloc_tunables()
 from bench_lib import block, interleaved, machine_description, summary, write_markdown  # noqa: E402

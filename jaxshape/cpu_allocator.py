@@ -11,24 +11,29 @@ page faults and 0.6-1.9 s of system time per step (1.8-2.2 s wall), the CPU-size
 The remedy is three glibc tunables (:data:`MALLOC_TUNABLES`): one arena, no ``mmap`` for large blocks, never trim
 the heap, so freed temporaries stay mapped and the next step reuses them (no faults once the heap has reached its
 working size; a step whose allocation order fragments the heap differently can still grow it). The price: the
-process keeps its peak heap mapped until it exits (as PyTorch's and JAX's GPU caching allocators do), and all threads
-share one malloc arena (fine for XLA's and our pipeline's allocation pattern; a very malloc-heavy many-threaded host
-program could contend on it). Adding ``glibc.malloc.hugetlb=1`` (transparent huge pages for the heap) to your own
-``GLIBC_TUNABLES`` is faster still in steady state (10-25% more on the SS-VAE steps here) but not a default: when
+process keeps its peak heap (up to ~2× the largest step's working set, see below) mapped until it exits (as
+PyTorch's and JAX's GPU caching allocators do), and all threads share one malloc arena (fine for XLA's and our
+pipeline's allocation pattern; a very malloc-heavy many-threaded host program could contend on it). Adding
+``glibc.malloc.hugetlb=1`` (transparent huge pages for the heap) to your own ``GLIBC_TUNABLES`` is faster still in steady state (10-25% more on the SS-VAE steps here) but not a default: when
 the heap grows, the kernel may compact memory synchronously to find huge pages, and we measured 0.5-2.5 s stalls of
 system time on this shared machine.
 
 glibc reads tunables only at process start, so :func:`reexec_with_cpu_malloc_tunables` re-executes the current
 command once with ``GLIBC_TUNABLES`` set; ``python -m jaxshape.train`` and the benchmarks in ``experiments/`` call it
-first thing. It is **opt-in** (``JAXSHAPE_CPU_MALLOC=1``; unset or ``0`` = glibc defaults) because the effect depends
-on the heap's layout: a small jitted function with a 95 MiB temporary kept 0%, 33%, 67% or 100% of the default
-per-call faults in different runs of the same script. Measured
-gains and losses per model: ``experiments/results/malloc_tuning.md``. Tunables already in ``GLIBC_TUNABLES`` are kept
-and win over ours. Only on glibc Linux.
+first thing. It is **on by default for CPU runs** (:func:`wanted`: glibc Linux, and ``JAX_PLATFORMS`` is ``cpu`` or
+unset with no accelerator plugin installed); ``JAXSHAPE_CPU_MALLOC=0`` turns it off, ``=1`` forces it on. The heap
+settles after a few steps: on the released-width SS-VAE gradient it grew to ~2× the 2.4 GiB working set within
+the first 4 steps (two allocation orders alternate), after which steps took 0 faults and 1.45-1.55 s instead of
+1.9-2.6 s. Measured per model (``experiments/results/malloc_tuning.md``, 7 repetitions): jaxshape's train step
+1.00-1.70× faster, never slower; PyTorch's 1.01-1.80×. A library user calling jaxshape from their own script gets
+glibc's defaults unless they set the tunables themselves (``python -c "from jaxshape import cpu_allocator;
+print(cpu_allocator.merged_tunables(None))"`` prints the value). Tunables already in ``GLIBC_TUNABLES`` are kept and
+win over ours. Only on glibc Linux.
 """
 from __future__ import annotations
 
 import os
+import pkgutil
 import platform
 import sys
 from typing import Optional, Sequence
@@ -40,6 +45,7 @@ MALLOC_TUNABLES = {
 }
 SWITCH_ENV = "JAXSHAPE_CPU_MALLOC"
 APPLIED_ENV = "JAXSHAPE_CPU_MALLOC_APPLIED"
+ACCELERATOR_PLUGIN_PREFIXES = ("jax_cuda", "jax_rocm", "libtpu")
 
 
 def parse_tunables(value: Optional[str]) -> dict:
@@ -65,14 +71,32 @@ def tunables_active(environ=None) -> bool:
     return set(MALLOC_TUNABLES) <= set(parse_tunables(env.get("GLIBC_TUNABLES")))
 
 
+def accelerator_plugin_installed() -> bool:
+    """Whether a jax GPU/TPU plugin (``jax_cuda*``, ``jax_rocm*``, ``libtpu``) is importable, found without
+    importing anything: with one, jax would run on the accelerator by default."""
+    return any(m.name.startswith(ACCELERATOR_PLUGIN_PREFIXES) for m in pkgutil.iter_modules())
+
+
+def runs_on_cpu(environ=None) -> bool:
+    """Whether jax will run on its CPU backend: ``JAX_PLATFORMS`` lists only ``cpu``, or it is unset and no
+    accelerator plugin is installed."""
+    env = os.environ if environ is None else environ
+    platforms = [p.strip().lower() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms:
+        return set(platforms) == {"cpu"}
+    return not accelerator_plugin_installed()
+
+
 def wanted(environ=None) -> bool:
-    """Whether the tunables should be applied: ``JAXSHAPE_CPU_MALLOC=1`` on glibc Linux (opt-in); unset or ``0`` =
-    no. Any other value is an error."""
+    """Whether the tunables should be applied (glibc Linux only): ``JAXSHAPE_CPU_MALLOC=1`` yes, ``=0`` no, unset =
+    when jax runs on its CPU backend (:func:`runs_on_cpu`). Any other value is an error."""
     env = os.environ if environ is None else environ
     switch = env.get(SWITCH_ENV, "").strip()
     if switch not in ("", "0", "1"):
         raise ValueError(f"{SWITCH_ENV} must be 0 or 1 (or unset), got {env[SWITCH_ENV]!r}")
-    return switch == "1" and sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    if switch == "0" or not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"):
+        return False
+    return switch == "1" or runs_on_cpu(env)
 
 
 def describe(environ=None) -> str:

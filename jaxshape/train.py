@@ -93,5 +93,5 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from jaxshape.cpu_allocator import reexec_with_cpu_malloc_tunables
 
-    reexec_with_cpu_malloc_tunables()  # only with JAXSHAPE_CPU_MALLOC=1 (see the module)
+    reexec_with_cpu_malloc_tunables()  # CPU runs; JAXSHAPE_CPU_MALLOC=0 turns it off (see the module)
     sys.exit(app.run(main))
