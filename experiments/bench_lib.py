@@ -67,12 +67,12 @@ def count_flops(fn: Callable, *args) -> float:
     multiplies), so the count is the conventional model FLOPs that PyTorch's direct conv also performs."""
     from jaxshape.nn import conv3d
 
-    saved = conv3d.WINOGRAD_MIN_CHANNELS
-    conv3d.WINOGRAD_MIN_CHANNELS = float("inf")
+    saved = conv3d.WINOGRAD_MIN_TILES
+    conv3d.WINOGRAD_MIN_TILES = float("inf")  # every 3³ conv traced as one im2col matmul = the direct conv's FLOPs
     try:
         return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
     finally:
-        conv3d.WINOGRAD_MIN_CHANNELS = saved
+        conv3d.WINOGRAD_MIN_TILES = saved
 
 
 # ----------------------------------------------------------------------------------------------- timing

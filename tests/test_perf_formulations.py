@@ -177,15 +177,20 @@ def test_conv3d_module_formulation_field_keeps_params_and_numbers():
 
 
 def test_auto_formulation_choices():
-    assert C.auto_formulation(1, 32, 3) == "im2col"
-    assert C.auto_formulation(8, 512, 3) == "im2col"
-    assert C.auto_formulation(512, 16, 3) == "output_shift"
-    assert C.auto_formulation(32, 1, 3) == "output_shift"
-    assert C.auto_formulation(16, 16, 3) == "im2col_z"
-    assert C.auto_formulation(32, 32, 3) == "winograd"
-    assert C.auto_formulation(128, 128, 3) == "winograd"
-    assert C.auto_formulation(512, 1024, 3) == "winograd"
-    assert C.auto_formulation(128, 128, 5) == "im2col_z"
+    big, small = C.winograd_tiles((1, 32, 32, 32)), C.winograd_tiles((1, 8, 8, 8))
+    assert (big, small, C.winograd_tiles((2, 5, 6, 3))) == (4096, 64, 36)
+    assert C.auto_formulation(512, 16, 3, big) == "output_shift"
+    assert C.auto_formulation(32, 1, 3, small) == "output_shift"
+    for cin, cout in [(1, 32), (8, 8), (16, 16), (32, 32), (256, 256)]:
+        assert C.auto_formulation(cin, cout, 3, big) == "winograd"
+        assert C.auto_formulation(cin, cout, 3) == "winograd"
+        assert C.auto_formulation(cin, cout, 3, small) == "im2col"
+    assert C.auto_formulation(512, 512, 3, small) == "winograd"  # 64 tiles, but enough work per tile
+    assert C.auto_formulation(512, 512, 3, C.winograd_tiles((1, 4, 4, 4))) == "im2col"
+    assert C.auto_formulation(2, 8, 5, big) == "im2col"
+    assert C.auto_formulation(128, 128, 5, big) == "im2col_z"
+    assert C.auto_formulation(128, 128, 5, small) == "im2col_z"
+    assert C.auto_formulation(64, 64, 1, big) == "im2col"
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8, 8), (2, 3, 5, 2), (1, 1, 1, 1)])

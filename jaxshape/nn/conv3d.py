@@ -6,7 +6,7 @@ upsampling is a 3³ conv to 8·C followed by :func:`pixel_shuffle_3d` (never a t
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,24 +27,38 @@ CONV_FORMULATIONS = ("auto", "lax", "im2col", "im2col_yz", "im2col_z", "shift", 
 # 2 outputs y_i = sum_k d[i + k] g[k] (cross-correlation, as torch's conv). 3-D = the same transform on each axis.
 WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
 WINOGRAD_G3 = np.einsum("ai,bj,ck->abcijk", WINOGRAD_G, WINOGRAD_G, WINOGRAD_G).reshape(64, 27)  # G⊗G⊗G
-WINOGRAD_MIN_CHANNELS = 32
+# Below this many 2³ output tiles (batch × ⌈X/2⌉·⌈Y/2⌉·⌈Z/2⌉, i.e. 4096 voxels), Winograd's fixed costs show: one
+# im2col matmul is as fast or faster unless tiles·in·out ≥ WINOGRAD_MIN_WORK (512 channels at 8³ still gain; 256 at
+# 8³ and everything at 4³ do not). Measured fwd+bwd per conv and per model, docs/performance.md item 7.
+WINOGRAD_MIN_TILES = 512
+WINOGRAD_MIN_WORK = 2**24
 
 
-def auto_formulation(cin: int, cout: int, k: int) -> str:
-    """The formulation :func:`conv3d_same` uses by default (measured on XLA:CPU, see docs/performance.md):
-    tiny input width -> one im2col matmul; output 8× narrower than the input -> one matmul to ``k³·out`` then
-    shifted adds; a 3³ kernel with ≥ 32 channels in and out -> Winograd F(2, 3) (3.4× fewer multiplications; the
-    one formulation that beats the direct-conv FLOP ceiling); otherwise im2col over the kernel's z axis (3 shifted
-    copies, 9 matmuls with K = 3·in). All of them have matmul-only backward passes (XLA:CPU's conv weight/input
-    gradients are its slowest path)."""
+def winograd_tiles(shape: Sequence[int]) -> int:
+    """Number of 2³ output tiles of a ``[B, X, Y, Z, C]`` input: ``B·⌈X/2⌉·⌈Y/2⌉·⌈Z/2⌉``."""
+    b, sx, sy, sz = shape[:4]
+    return b * ((sx + 1) // 2) * ((sy + 1) // 2) * ((sz + 1) // 2)
+
+
+def auto_formulation(cin: int, cout: int, k: int, tiles: Optional[int] = None) -> str:
+    """The formulation :func:`conv3d_same` uses by default (measured on XLA:CPU, fwd+bwd per conv, see
+    docs/performance.md item 7). ``tiles`` = :func:`winograd_tiles` of the input (None: large).
+
+    1³ kernel -> a matmul; output ≥ 8× narrower than the input -> one matmul to ``k³·out`` then shifted adds
+    (``output_shift``); a 3³ kernel -> Winograd F(2, 3) (3.4× fewer multiplications; faster than every direct
+    formulation from 1 to 512 channels once the input has ≥ 4096 voxels), or one im2col matmul for small inputs
+    (below :data:`WINOGRAD_MIN_TILES` tiles and :data:`WINOGRAD_MIN_WORK`); other kernels: one im2col matmul for ≤ 320 columns, else im2col over the kernel's z axis
+    (3 shifted copies, k² matmuls with K = k·in). All of them have matmul-only backward passes (XLA:CPU's conv
+    weight/input gradients are its slowest path)."""
     if k == 1:
-        return "im2col"
-    if cin * k**3 <= 320:
         return "im2col"
     if cin >= 8 * cout:
         return "output_shift"
-    if k == 3 and min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
-        return "winograd"
+    if k == 3:
+        small = tiles is not None and tiles < WINOGRAD_MIN_TILES and tiles * cin * cout < WINOGRAD_MIN_WORK
+        return "im2col" if small else "winograd"
+    if cin * k**3 <= 320:
+        return "im2col"
     return "im2col_z"
 
 
@@ -108,7 +122,7 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, formulation: str = "auto") -> j
     """
     k, cin, cout = kernel.shape[0], kernel.shape[3], kernel.shape[4]
     if formulation == "auto":
-        formulation = auto_formulation(cin, cout, k)
+        formulation = auto_formulation(cin, cout, k, winograd_tiles(x.shape))
     if formulation not in CONV_FORMULATIONS:
         raise ValueError(f"unknown conv formulation {formulation!r}; expected one of {CONV_FORMULATIONS}")
     if k == 1:
