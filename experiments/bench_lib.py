@@ -67,12 +67,13 @@ def count_flops(fn: Callable, *args) -> float:
     multiplies), so the count is the conventional model FLOPs that PyTorch's direct conv also performs."""
     from jaxshape.nn import conv3d
 
-    saved = conv3d.WINOGRAD_MIN_TILES
-    conv3d.WINOGRAD_MIN_TILES = float("inf")  # every 3³ conv traced as one im2col matmul = the direct conv's FLOPs
+    saved = conv3d.WINOGRAD_MIN_TILES, conv3d.WINOGRAD_MIN_WORK
+    # every 3³ conv traced as one im2col matmul (auto_formulation's small-input case) = the direct conv's FLOPs
+    conv3d.WINOGRAD_MIN_TILES = conv3d.WINOGRAD_MIN_WORK = float("inf")
     try:
         return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
     finally:
-        conv3d.WINOGRAD_MIN_TILES = saved
+        conv3d.WINOGRAD_MIN_TILES, conv3d.WINOGRAD_MIN_WORK = saved
 
 
 # ----------------------------------------------------------------------------------------------- timing
