@@ -204,7 +204,7 @@ def with_dtype(name, size, dtype):
 # ----------------------------------------------------------------------------------------------- runner
 
 
-def bench_case(name, size, reps, torch_compile):
+def bench_case(name, size, reps, torch_compile, warmup=3):
     c = CASES[name][1](size)
     jfwd, params, other, jin = c["jfwd"], c["params"], c["other"], c["jin"]
     jt = c["target"][0]
@@ -274,8 +274,8 @@ def bench_case(name, size, reps, torch_compile):
         compile_note["torch_compile_s"] = time.perf_counter() - t0
         fns_f["torch.compile"] = partial(run_tfwd, cf)
         fns_s["torch.compile"] = partial(run_tstep, cf)
-    tf = interleaved(fns_f, reps)
-    ts = interleaved(fns_s, reps)
+    tf = interleaved(fns_f, reps, warmup)
+    ts = interleaved(fns_s, reps, warmup)
     with PeakRSS() as mj:
         run_jstep()
     with PeakRSS() as mt:
@@ -317,6 +317,8 @@ def main(argv=None):
     ap.add_argument("--models", default=",".join(CASES))
     ap.add_argument("--sizes", default="cpu,released")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls of each function first (default 3: the "
+                    "host heap settles in the first few steps, docs/performance.md item 8)")
     ap.add_argument("--torch-compile", action="store_true")
     ap.add_argument("--batch", type=int, default=1, help="leading batch size of every case's inputs (default 1)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_models.md"))
@@ -338,7 +340,7 @@ def main(argv=None):
         for name in args.models.split(","):
             label = CASES[name][0]
             print(f"== {label} [{size}]", flush=True)
-            r = bench_case(name, size, args.reps, args.torch_compile)
+            r = bench_case(name, size, args.reps, args.torch_compile, args.warmup)
             note = r["note"].replace("batch 1", f"batch {BATCH}")
             notes.append(f"- {label}, {size}: {note}; jax compile: forward {r['compile_fwd']:.1f} s, "
                          f"train step {r['compile_step']:.1f} s"
@@ -359,9 +361,11 @@ def main(argv=None):
         f"fp32 matmul peak measured in this run: jax {pk['jax']:.0f} / torch {pk['torch']:.0f} GFLOP/s (n=2048), "
         f"jax {pk4['jax']:.0f} / torch {pk4['torch']:.0f} (n=4096); % peak below is against {peak:.0f} GFLOP/s.", "",
         f"Command: `python experiments/bench_models.py --sizes {args.sizes} --models {args.models} --reps {args.reps}"
-        + (f" --batch {BATCH}" if BATCH != 1 else "") + (" --torch-compile" if args.torch_compile else "") + "`", "",
+        + (f" --warmup {args.warmup}" if args.warmup != 3 else "") + (f" --batch {BATCH}" if BATCH != 1 else "")
+        + (" --torch-compile" if args.torch_compile else "") + "`", "",
         f"Timings interleaved (jax, torch, jax, torch, ...) in one process, fp32, batch {BATCH}, "
-        f"{args.reps} repetitions after one warm-up. Train step = forward + MSE loss + backward + AdamW "
+        f"{args.reps} repetitions after {args.warmup} warm-up calls each. Train step = forward + MSE loss + backward "
+        "+ AdamW "
         "(jax: one jitted function with donated params/optimizer state; torch: eager `backward()` + `AdamW.step()`); "
         "no rematerialisation on either side. GFLOP = analytic matmul + conv FLOPs from the jaxpr (train step = 3 × "
         "forward). Speed-up = torch time / jaxshape time. RSS Δ = sampled growth of the process RSS during one step "
