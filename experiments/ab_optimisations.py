@@ -63,7 +63,7 @@ def main(argv=None):
                     continue
                 if not has_conv and label == "naive (lax.conv, XLA attention)":
                     label = "naive (XLA attention)"
-                C.auto_formulation = (lambda ci, co, k, tiles=None, fm=v["conv"]: fm) if v["conv"] else auto
+                C.auto_formulation = (lambda ci, co, k, *rest, fm=v["conv"]: fm) if v["conv"] else auto
                 A.FLASH_MIN_LOGITS = flash_min if v["flash"] else 1 << 62
                 g = jax.jit(jax.grad(loss)).lower(p, o, jin).compile()
                 fns[label] = lambda g=g: jax.block_until_ready(g(p, o, jin))

@@ -14,9 +14,9 @@ working size; a step whose allocation order fragments the heap differently can s
 process keeps its peak heap (up to ~2× the largest step's working set, see below) mapped until it exits (as
 PyTorch's and JAX's GPU caching allocators do), and all threads share one malloc arena (fine for XLA's and our
 pipeline's allocation pattern; a very malloc-heavy many-threaded host program could contend on it). Adding
-``glibc.malloc.hugetlb=1`` (transparent huge pages for the heap) to your own ``GLIBC_TUNABLES`` is faster still in steady state (10-25% more on the SS-VAE steps here) but not a default: when
-the heap grows, the kernel may compact memory synchronously to find huge pages, and we measured 0.5-2.5 s stalls of
-system time on this shared machine.
+``glibc.malloc.hugetlb=1`` (transparent huge pages for the heap) to your own ``GLIBC_TUNABLES`` is faster still in
+steady state (10-25% more on the SS-VAE steps here) but not a default: when the heap grows, the kernel may compact
+memory synchronously to find huge pages, and we measured 0.5-2.5 s stalls of system time on this shared machine.
 
 glibc reads tunables only at process start, so :func:`reexec_with_cpu_malloc_tunables` re-executes the current
 command once with ``GLIBC_TUNABLES`` set; ``python -m jaxshape.train`` and the benchmarks in ``experiments/`` call it

@@ -191,6 +191,11 @@ def test_auto_formulation_choices():
     assert C.auto_formulation(128, 128, 5, big) == "im2col_z"
     assert C.auto_formulation(128, 128, 5, small) == "im2col_z"
     assert C.auto_formulation(64, 64, 1, big) == "im2col"
+    # half precision: no Winograd (its transforms would round in bf16); accelerators: the native conv
+    assert C.auto_formulation(32, 32, 3, big, jnp.bfloat16) == "im2col_z"
+    assert C.auto_formulation(8, 16, 3, big, jnp.float16) == "im2col"
+    for backend in ("gpu", "tpu"):
+        assert C.auto_formulation(32, 32, 3, big, backend=backend) == "lax"
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8, 8), (2, 3, 5, 2), (1, 1, 1, 1)])

@@ -40,21 +40,27 @@ def winograd_tiles(shape: Sequence[int]) -> int:
     return b * ((sx + 1) // 2) * ((sy + 1) // 2) * ((sz + 1) // 2)
 
 
-def auto_formulation(cin: int, cout: int, k: int, tiles: Optional[int] = None) -> str:
-    """The formulation :func:`conv3d_same` uses by default (measured on XLA:CPU, fwd+bwd per conv, see
-    docs/performance.md item 7). ``tiles`` = :func:`winograd_tiles` of the input (None: large).
+def auto_formulation(cin: int, cout: int, k: int, tiles: Optional[int] = None, dtype: Any = jnp.float32,
+                     backend: str = "cpu") -> str:
+    """The formulation :func:`conv3d_same` uses by default. ``tiles`` = :func:`winograd_tiles` of the input (None:
+    large); ``dtype`` the compute dtype; ``backend`` = ``jax.default_backend()``.
 
-    1³ kernel -> a matmul; output ≥ 8× narrower than the input -> one matmul to ``k³·out`` then shifted adds
-    (``output_shift``); a 3³ kernel -> Winograd F(2, 3) (3.4× fewer multiplications; faster than every direct
-    formulation from 1 to 512 channels once the input has ≥ 4096 voxels), or one im2col matmul for small inputs
-    (below :data:`WINOGRAD_MIN_TILES` tiles and :data:`WINOGRAD_MIN_WORK`); other kernels: one im2col matmul for ≤ 320 columns, else im2col over the kernel's z axis
-    (3 shifted copies, k² matmuls with K = k·in). All of them have matmul-only backward passes (XLA:CPU's conv
-    weight/input gradients are its slowest path)."""
+    On GPU and TPU: ``lax.conv`` (cuDNN / the TPU's native convolution; the rules below were measured on XLA:CPU,
+    whose own conv is its slowest path). On CPU (fwd+bwd per conv, docs/performance.md item 7): 1³ kernel -> a
+    matmul; output ≥ 8× narrower than the input -> one matmul to ``k³·out`` then shifted adds (``output_shift``);
+    a 3³ kernel in fp32 -> Winograd F(2, 3) (3.4× fewer multiplications; faster than every direct formulation from
+    1 to 512 channels once the input has ≥ 4096 voxels), or one im2col matmul for small inputs (below
+    :data:`WINOGRAD_MIN_TILES` tiles and :data:`WINOGRAD_MIN_WORK`); otherwise one im2col matmul for ≤ 320
+    columns, else im2col over the kernel's z axis (3 shifted copies, k² matmuls with K = k·in). All of them have
+    matmul-only backward passes (XLA:CPU's conv weight/input gradients are its slowest path). Winograd only in fp32:
+    its transforms add up to 4 terms per axis, which in bf16/fp16 round far beyond the direct sum."""
+    if backend != "cpu":
+        return "lax"
     if k == 1:
         return "im2col"
     if cin >= 8 * cout:
         return "output_shift"
-    if k == 3:
+    if k == 3 and jnp.dtype(dtype) == jnp.float32:
         small = tiles is not None and tiles < WINOGRAD_MIN_TILES and tiles * cin * cout < WINOGRAD_MIN_WORK
         return "im2col" if small else "winograd"
     if cin * k**3 <= 320:
@@ -122,7 +128,7 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, formulation: str = "auto") -> j
     """
     k, cin, cout = kernel.shape[0], kernel.shape[3], kernel.shape[4]
     if formulation == "auto":
-        formulation = auto_formulation(cin, cout, k, winograd_tiles(x.shape))
+        formulation = auto_formulation(cin, cout, k, winograd_tiles(x.shape), x.dtype, jax.default_backend())
     if formulation not in CONV_FORMULATIONS:
         raise ValueError(f"unknown conv formulation {formulation!r}; expected one of {CONV_FORMULATIONS}")
     if k == 1:
