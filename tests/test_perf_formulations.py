@@ -261,13 +261,12 @@ def test_flash_attention_stays_local_when_the_batch_is_sharded():
         assert f" {op}(" not in hlo, op
 
 
-def test_benchmark_flop_count_is_the_direct_convs_whatever_the_formulation():
+def test_benchmark_flop_count_is_the_direct_convs_whatever_the_formulation(monkeypatch):
     """experiments/bench_lib.count_flops reports conventional model FLOPs (2·voxels·27·in·out per 3³ conv) even where
     the conv runs as Winograd (3.4× fewer multiplies), and leaves the automatic rule as it found it."""
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
     from bench_lib import count_flops
 
     for shape, cin, cout in [((1, 16, 16, 16), 32, 32), ((1, 8, 8, 8), 512, 512), ((2, 4, 4, 4), 8, 8)]:
