@@ -6,6 +6,7 @@ setup(
     version="0.1.0",
     description="Pure-functional Flax ports of TRELLIS and PartPacker 3D shape VAEs and DiTs, "
     "with PyTorch parity, sharded rectified-flow training and Orbax checkpoints.",
+    license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["jaxshape", "jaxshape.*"]),
     install_requires=[
@@ -37,7 +38,7 @@ setup(
         # torch must be the CPU build: install it first with `pip install torch==2.13.0`
         # (a bare `torch` requirement resolves to a multi-GB CUDA build).
         "test": ["pytest>=8", "torch>=2.4"],
-        "dev": ["pytest>=8", "torch>=2.4", "ruff"],
+        "dev": ["pytest>=8", "torch>=2.4", "ruff==0.17.6"],
         # optional accelerators of `python -m jaxshape.data.prepare` (exact numpy fallbacks exist):
         # fpsample builds from source with Rust on Python 3.11; open3d speeds up the TSDF ~2x
         "fast": ["fpsample>=1.0", "open3d>=0.18"],
@@ -45,6 +46,7 @@ setup(
     entry_points={
         "console_scripts": [
             "jaxshape-convert=jaxshape.convert.cli:main",
+            "jaxshape-sample=jaxshape.sample:main",
         ],
     },
 )

@@ -1,7 +1,7 @@
 """Released upstream model configs as ml_collections: ``--config=configs/released.py:ss_flow_img_dit_L_16l8_fp16``.
 
 ``get_config(name)`` returns ``ConfigDict(name=<class>, args=<constructor args>)``, the same content as
-upstream's ``<name>.json``; ``jaxshape.models.released.build_released(name)`` builds the module.
+upstream's ``<name>.json``; ``jaxshape.models.build(name)`` builds the module.
 """
 import ml_collections
 

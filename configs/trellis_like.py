@@ -10,16 +10,19 @@ Variants (``--config=configs/trellis_like.py:<variant>``):
 * ``flow_L`` / ``flow_B`` / ``flow_XL``: released flow DiT sizes (img-L; txt-B; txt-XL) on 16³×8 latents,
   conditioned on precomputed feature tokens read from the records (``cond_features``) or on class labels.
 
-Every field can be overridden: ``--config.stages.ss_flow.steps=2000``, ``--config.data.path=/my/records``.
+``,data=<folder>`` trains every stage on prepared records (``python -m jaxshape.data.prepare``):
+``--config=configs/trellis_like.py:demo,data=data/mine``. Every field can be overridden:
+``--config.stages.ss_flow.steps=2000`` (a pipeline), ``--config.data.path=/my/records`` (one stage); the fields and
+their defaults: ``jaxshape/trainer/defaults.py``.
 """
 import ml_collections
 
 from jaxshape.models.released import released_args
-from jaxshape.trainer.defaults import common_config as _common
+from jaxshape.trainer.defaults import apply_pipeline_options, parse_config_arg, stage_config
 
 
 def vae_config(size: str = "released") -> ml_collections.ConfigDict:
-    c = _common("ss_vae")
+    c = stage_config("ss_vae")
     if size == "demo":
         enc = dict(in_channels=1, latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1,
                    channels=(8, 16, 32))
@@ -30,13 +33,12 @@ def vae_config(size: str = "released") -> ml_collections.ConfigDict:
         dec = released_args("ss_dec_conv3d_16l8_fp16")[1]
         enc["use_fp16"] = dec["use_fp16"] = False  # compute dtype comes from `dtype`
     c.model = ml_collections.ConfigDict(dict(encoder=enc, decoder=dec))
-    c.loss = ml_collections.ConfigDict(dict(type="dice", kl_weight=1e-3))
     c.data.batch_size = 4
     return c
 
 
 def flow_config(size: str = "L") -> ml_collections.ConfigDict:
-    c = _common("ss_flow")
+    c = stage_config("ss_flow")
     names = {"L": "ss_flow_img_dit_L_16l8_fp16", "B": "ss_flow_txt_dit_B_16l8_fp16",
              "XL": "ss_flow_txt_dit_XL_16l8_fp16"}
     if size == "demo":
@@ -47,15 +49,15 @@ def flow_config(size: str = "L") -> ml_collections.ConfigDict:
         model["use_fp16"] = False
         model["use_checkpoint"] = True  # remat the scanned blocks
     c.model = ml_collections.ConfigDict(model)
-    c.vae_checkpoint = ""  # training workdir of the ss_vae stage (its EMA params are used, frozen)
-    c.cond = ml_collections.ConfigDict(dict(kind="class", num_classes=10, tokens=1, p_uncond=0.1))
-    c.flow = ml_collections.ConfigDict(dict(t_schedule="logitNormal", mean=1.0, std=1.0, sigma_min=1e-5))
-    c.sampler = ml_collections.ConfigDict(dict(steps=25, cfg_strength=7.5, cfg_interval=(0.5, 1.0), rescale_t=3.0))
-    c.data.batch_size = 8
     return c
 
 
-def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    variant, options = parse_config_arg(arg, "demo")
+    return apply_pipeline_options(_variant(variant), options)
+
+
+def _variant(variant: str) -> ml_collections.ConfigDict:
     if variant == "demo":
         vae, fl = vae_config("demo"), flow_config("demo")
         for c in (vae, fl):
@@ -79,9 +81,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
         cfg.stages = ml_collections.ConfigDict({"ss_vae": vae, "ss_flow": fl})
         return cfg
     if variant == "vae_demo":
-        return get_config("demo").stages.ss_vae
+        return _variant("demo").stages.ss_vae
     if variant == "flow_demo":
-        return get_config("demo").stages.ss_flow
+        return _variant("demo").stages.ss_flow
     if variant == "vae":
         return vae_config("released")
     if variant in ("flow_L", "flow_B", "flow_XL"):

@@ -9,14 +9,16 @@ Variants (``--config=configs/vecset_like.py:<variant>``):
 * ``flow``: the released PartPacker DiT (1536 wide, 24 layers, RMS qk-norm, no part embedding here: one
   volume per shape) on VAE latents, conditioned on precomputed feature tokens (``cond_features``, e.g. DINOv2
   tokens, 1536 wide) or class labels.
+
+``,data=<folder>`` trains every stage on prepared records: ``--config=configs/vecset_like.py:demo,data=data/mine``.
 """
 import ml_collections
 
-from jaxshape.trainer.defaults import common_config
+from jaxshape.trainer.defaults import apply_pipeline_options, parse_config_arg, stage_config
 
 
 def vae_config(size: str = "released") -> ml_collections.ConfigDict:
-    c = common_config("vecset_vae")
+    c = stage_config("vecset_vae")
     if size == "demo":
         model = dict(hidden_dim=128, num_heads=4, num_dec_layers=2, dec_hidden_dim=128, dec_num_heads=4,
                      query_hidden_dim=128, query_num_heads=4, point_fourier_dim=48, latent_dim=16,
@@ -25,14 +27,12 @@ def vae_config(size: str = "released") -> ml_collections.ConfigDict:
     else:
         model = {}  # VecSetVAE's defaults are the released part_woenc config
     c.model = ml_collections.ConfigDict(model)
-    c.progressive_cutoff = True
     c.optimizer.clip = "global_norm"
-    c.data.batch_size = 8
     return c
 
 
 def flow_config(size: str = "released") -> ml_collections.ConfigDict:
-    c = common_config("vecset_flow")
+    c = stage_config("vecset_flow")
     if size == "demo":
         model = dict(hidden_dim=128, num_heads=4, latent_size=160, latent_dim=16, num_layers=4, qknorm=True,
                      qknorm_type="RMSNorm", use_pos_embed=False, use_parts=False, gradient_checkpointing=False)
@@ -42,15 +42,15 @@ def flow_config(size: str = "released") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(model)
     c.latent_tokens = (128, 32) if size == "demo" else (2048, 2048)  # (uniform, salient) FPS-prefix tokens
     c.pre_encode = size == "demo"
-    c.vae_checkpoint = ""
-    c.cond = ml_collections.ConfigDict(dict(kind="class", num_classes=10, tokens=1, p_uncond=0.1))
-    c.flow = ml_collections.ConfigDict(dict(mean=1.0, std=1.0, shift=3.0))
-    c.sampler = ml_collections.ConfigDict(dict(steps=30, cfg_strength=7.0, grid_resolution=64))
-    c.data.batch_size = 8
     return c
 
 
-def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    variant, options = parse_config_arg(arg, "demo")
+    return apply_pipeline_options(_variant(variant), options)
+
+
+def _variant(variant: str) -> ml_collections.ConfigDict:
     if variant == "demo":
         vae, fl = vae_config("demo"), flow_config("demo")
         for c in (vae, fl):
@@ -61,7 +61,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
             c.ema_decay = 0.99
             c.optimizer.lr = 5e-4
         vae.steps, fl.steps = 300, 300
-        vae.sampler = ml_collections.ConfigDict(dict(grid_resolution=48))
+        vae.sampler.grid_resolution = 48
         fl.sampler.grid_resolution = 48
         fl.sampler.cfg_strength = 2.0
         cfg = ml_collections.ConfigDict()
@@ -69,12 +69,12 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
         cfg.stages = ml_collections.ConfigDict({"vecset_vae": vae, "vecset_flow": fl})
         return cfg
     if variant == "vae_demo":
-        return get_config("demo").stages.vecset_vae
+        return _variant("demo").stages.vecset_vae
     if variant == "flow_demo":
-        return get_config("demo").stages.vecset_flow
+        return _variant("demo").stages.vecset_flow
     if variant == "vae":
         c = vae_config("released")
-        c.sampler = ml_collections.ConfigDict(dict(grid_resolution=256))
+        c.sampler.grid_resolution = 256
         return c
     if variant == "flow":
         return flow_config("released")

@@ -24,8 +24,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import bench_models as B  # noqa: E402
+import jaxshape.kernels.conv3d as C  # noqa: E402
 import jaxshape.nn.attention as A  # noqa: E402
-import jaxshape.nn.conv3d as C  # noqa: E402
 from bench_lib import interleaved, machine_description, summary  # noqa: E402
 
 VARIANTS = {

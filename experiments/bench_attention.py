@@ -29,7 +29,6 @@ if __name__ == "__main__":  # host-allocator tunables as in `python -m jaxshape.
     from jaxshape.cpu_allocator import reexec_with_cpu_malloc_tunables
     reexec_with_cpu_malloc_tunables()
 from bench_lib import block, interleaved, machine_description, summary, write_markdown  # noqa: E402
-
 from jaxshape.nn.attention import dot_product_attention  # noqa: E402
 
 SHAPES = {  # name: (Lq, Lk, heads)

@@ -19,6 +19,7 @@ from jaxshape.data.mesh_io import clean_mesh, normalize
 from jaxshape.data.procedural import generate_shape
 from jaxshape.data.vecset import VecsetConfig, tsdf, vecset_targets
 from jaxshape.data.voxelize import voxelize_surface
+from jaxshape.families import SPARSE_STRUCTURE, VECSET
 
 
 def _t(fn, *a, **k):
@@ -71,8 +72,8 @@ def main():
     rows = []
     for name, (v, f) in meshes().items():
         m = clean_mesh(v, f)
-        t_tr = normalize(m, "trellis")
-        pp = normalize(m, "partpacker")
+        t_tr = normalize(m, SPARSE_STRUCTURE)
+        pp = normalize(m, VECSET)
         voxelize_surface(t_tr.vertices, t_tr.faces, 64)  # warm-up
         occ_s, idx = _t(voxelize_surface, t_tr.vertices, t_tr.faces, 64)
         vc = np.clip(t_tr.vertices, -0.5 + 1e-6, 0.5 - 1e-6)

@@ -1,8 +1,7 @@
-"""Helpers for ``bench_models.py``: analytic FLOP counts from a jaxpr, interleaved timing, peak-memory sampling,
-the matmul peak of this machine, and a machine description. Nothing here asserts a timing."""
+"""Helpers for the benchmarks: interleaved timing, peak-memory sampling, the matmul peak of this machine, a machine
+description and the results writer (FLOP counts come from ``jaxshape.flops``). Nothing here asserts a timing."""
 from __future__ import annotations
 
-import math
 import os
 import platform
 import statistics
@@ -12,69 +11,6 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-
-# ----------------------------------------------------------------------------------------------- FLOPs
-
-
-def _dot_flops(eqn) -> float:
-    lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
-    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-    batch = math.prod(lhs[i] for i in lb)
-    contract = math.prod(lhs[i] for i in lc)
-    lfree = math.prod(s for i, s in enumerate(lhs) if i not in lc and i not in lb)
-    rfree = math.prod(s for i, s in enumerate(rhs) if i not in rc and i not in rb)
-    return 2.0 * batch * contract * lfree * rfree
-
-
-def _conv_flops(eqn) -> float:
-    rhs = eqn.invars[1].aval.shape
-    out = eqn.outvars[0].aval.shape
-    dn = eqn.params["dimension_numbers"]
-    # rhs spec: (out feature dim, in feature dim, spatial...)
-    i_dim = dn.rhs_spec[1]
-    k_spatial = math.prod(rhs[d] for d in dn.rhs_spec[2:])
-    return 2.0 * math.prod(out) * k_spatial * rhs[i_dim]
-
-
-def jaxpr_flops(jaxpr) -> float:
-    """Multiply-adds ×2 of every ``dot_general`` and ``conv_general_dilated`` (nested jaxprs included; a ``scan``
-    counts ``length`` times). Elementwise work, norms and softmax exponentials are not counted."""
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "dot_general":
-            total += _dot_flops(eqn)
-        elif name == "conv_general_dilated":
-            total += _conv_flops(eqn)
-        mult = eqn.params.get("length", 1) if name == "scan" else 1
-        for key, val in eqn.params.items():
-            subs = val if isinstance(val, (tuple, list)) else (val,)
-            inner = []
-            for s in subs:
-                if isinstance(s, jax.extend.core.ClosedJaxpr):
-                    inner.append(jaxpr_flops(s.jaxpr))
-                elif isinstance(s, jax.extend.core.Jaxpr):
-                    inner.append(jaxpr_flops(s))
-            if inner:
-                # cond branches: the most expensive; everything else sums
-                total += mult * (max(inner) if name == "cond" and key == "branches" else sum(inner))
-    return total
-
-
-def count_flops(fn: Callable, *args) -> float:
-    """Analytic matmul/conv FLOPs of ``fn(*args)`` (args may be ``jax.ShapeDtypeStruct``; nothing runs), as the
-    model's direct formulation: 3-D convs are traced without the Winograd formulation (which does 3.4× fewer
-    multiplies), so the count is the conventional model FLOPs that PyTorch's direct conv also performs."""
-    from jaxshape.nn import conv3d
-
-    saved = conv3d.WINOGRAD_MIN_TILES, conv3d.WINOGRAD_MIN_WORK
-    # every 3³ conv traced as one im2col matmul (auto_formulation's small-input case) = the direct conv's FLOPs
-    conv3d.WINOGRAD_MIN_TILES = conv3d.WINOGRAD_MIN_WORK = float("inf")
-    try:
-        return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
-    finally:
-        conv3d.WINOGRAD_MIN_TILES, conv3d.WINOGRAD_MIN_WORK = saved
-
 
 # ----------------------------------------------------------------------------------------------- timing
 

@@ -34,10 +34,16 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 
-from bench_lib import PeakRSS, block, count_flops, interleaved, machine_description, matmul_peak, summary  # noqa
+from bench_lib import PeakRSS, block, interleaved, machine_description, matmul_peak, summary  # noqa
 from jaxshape.convert import from_torch  # noqa: E402
-from jaxshape.models import (SparseStructureDecoder, SparseStructureEncoder, SparseStructureFlowModel,  # noqa: E402
-                             VecSetDiT, VecSetVAE)
+from jaxshape.flops import count_flops  # noqa: E402
+from jaxshape.models import (  # noqa: E402
+    SparseStructureDecoder,
+    SparseStructureEncoder,
+    SparseStructureFlowModel,
+    VecSetDiT,
+    VecSetVAE,
+)
 from tests.torch_reference import partpacker as PP  # noqa: E402
 from tests.torch_reference import trellis_ss as T  # noqa: E402
 
@@ -185,7 +191,7 @@ def case_vecset_vae(size, dtype=None):
     def tfwd(data, noise):
         post = tm.encode(data)
         z = post.sample(noise=noise)
-        return tm.query(data["query_points"], tm.decode(z))
+        return tm.query(data["query_points"], tm.decode(z))[..., 0]
 
     return dict(note=note, jfwd=jfwd, tfwd=tfwd, params=v["params"], other={}, jin=(jdata, jnp.asarray(noise)),
                 tin=(tdata, torch.from_numpy(noise)), tmods=[tm],
@@ -318,7 +324,7 @@ def main(argv=None):
     ap.add_argument("--sizes", default="cpu,released")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls of each function first (default 3: the "
-                    "host heap settles in the first few steps, docs/performance.md item 8)")
+                    "host heap settles in the first few steps: docs/performance.md, \"Allocator tunables\")")
     ap.add_argument("--torch-compile", action="store_true")
     ap.add_argument("--batch", type=int, default=1, help="leading batch size of every case's inputs (default 1)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_models.md"))
@@ -370,7 +376,7 @@ def main(argv=None):
         "no rematerialisation on either side. GFLOP = analytic matmul + conv FLOPs from the jaxpr (train step = 3 × "
         "forward). Speed-up = torch time / jaxshape time. RSS Δ = sampled growth of the process RSS during one step "
         "(allocator caching makes it a lower bound).", "",
-        HEADER, *rows, "", "Configs:", *notes, "", "## Targets of issue 6 in this run", "", *status, "",
+        HEADER, *rows, "", "Configs:", *notes, "", "## Performance targets in this run", "", *status, "",
         "Measured reasons for every target not met, and what would close it: docs/performance.md "
         "(\"Why the remaining gaps\").", ""])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

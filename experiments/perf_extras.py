@@ -31,9 +31,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from bench_lib import count_flops, interleaved, machine_description  # noqa: E402
-from jaxshape.models import SparseStructureDecoder, SparseStructureEncoder, VecSetDiT, VecSetVAE  # noqa: E402
-from jaxshape.models.released import build_released  # noqa: E402
+from bench_lib import interleaved, machine_description  # noqa: E402
+from jaxshape.flops import count_flops  # noqa: E402
+from jaxshape.models import (  # noqa: E402
+    VecSetDiT,
+    VecSetVAE,
+    build,  # noqa: E402
+)
 
 F32 = jnp.float32
 S = jax.ShapeDtypeStruct
@@ -48,13 +52,13 @@ def abstract_params(model, *inputs, **kw):
 def released_cases():
     """(name, model, abstract inputs, call kwargs, tokens) of every released config at its training shape."""
     out = []
-    enc = build_released("ss_enc_conv3d_16l8_fp16", dtype=F32)
+    enc = build("ss_enc_conv3d_16l8_fp16", dtype=F32)
     out.append(("ss_enc_conv3d_16l8 (64³)", enc, (S((1, 64, 64, 64, 1), F32),), {}, 64**3))
-    dec = build_released("ss_dec_conv3d_16l8_fp16", dtype=F32)
+    dec = build("ss_dec_conv3d_16l8_fp16", dtype=F32)
     out.append(("ss_dec_conv3d_16l8 (16³ -> 64³)", dec, (S((1, 16, 16, 16, 8), F32),), {}, 16**3))
     for name, m in (("ss_flow_img_dit_L_16l8", 1374), ("ss_flow_txt_dit_B_16l8", 77), ("ss_flow_txt_dit_L_16l8", 77),
                     ("ss_flow_txt_dit_XL_16l8", 77)):
-        model = build_released(name + "_fp16", dtype=F32)
+        model = build(name + "_fp16", dtype=F32)
         out.append((f"{name} (4096 tokens, {m} cond)", model,
                     (S((1, 16, 16, 16, 8), F32), S((1,), F32), S((1, m, model.cond_channels), F32)), {}, 4096))
     dit = VecSetDiT(hidden_dim=1536, num_heads=16, latent_size=4096, latent_dim=64, num_layers=24, qknorm=True,
@@ -90,9 +94,9 @@ def train_step_fn(model, kw=None):
             out = out[0] if isinstance(out, tuple) else out
             return jnp.mean(jnp.square(out.astype(F32)))
 
-        l, g = jax.value_and_grad(loss)(params)
+        value, g = jax.value_and_grad(loss)(params)
         u, opt_state = tx.update(g, opt_state, params)
-        return optax.apply_updates(params, u), opt_state, l
+        return optax.apply_updates(params, u), opt_state, value
 
     return tx, step
 
@@ -106,7 +110,7 @@ def compile_and_memory():
              "XLA temp (MiB) | activation KiB per token per block |", "|---|---|---|---|---|---|"]
     for dtype, label in ((jnp.float16, "released (use_fp16: fp16 torso)"), (F32, "fp32"), (jnp.bfloat16, "bf16")):
         for remat in (False, True):
-            model = build_released("ss_flow_img_dit_L_16l8_fp16", dtype=dtype, use_checkpoint=remat)
+            model = build("ss_flow_img_dit_L_16l8_fp16", dtype=dtype, use_checkpoint=remat)
             v = abstract_params(model, x, t, cond)
             params, other = v["params"], {k: val for k, val in v.items() if k != "params"}
             tx, step = train_step_fn(model)

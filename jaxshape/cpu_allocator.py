@@ -3,32 +3,26 @@ every step.
 
 XLA:CPU ``malloc``s each executable's temporary buffers when it runs and frees them afterwards (hundreds of MiB for a
 small train step, GiBs at released widths). glibc serves blocks that large with a fresh ``mmap`` and returns them
-with ``munmap``, so every step the kernel faults in and zeroes all of it again, one 4 KiB page at a time. Measured on
-the 2-core benchmark machine (``experiments/malloc_tuning.py``): the released-width SS-VAE gradient took ~600,000
-page faults and 0.6-1.9 s of system time per step (1.8-2.2 s wall), the CPU-size DiT gradients ~30,000 faults
-(15-35% of their wall time). PyTorch's CPU allocator goes through the same ``malloc``.
+with ``munmap``, so every step the kernel faults in and zeroes all of it again, one 4 KiB page at a time; PyTorch's
+CPU allocator goes through the same ``malloc``. ``experiments/malloc_tuning.py`` measures the cost and the remedy
+per model, for both frameworks (``docs/performance.md``, "Allocator tunables").
 
 The remedy is three glibc tunables (:data:`MALLOC_TUNABLES`): one arena, no ``mmap`` for large blocks, never trim
 the heap, so freed temporaries stay mapped and the next step reuses them (no faults once the heap has reached its
-working size; a step whose allocation order fragments the heap differently can still grow it). The price: the
-process keeps its peak heap (up to ~2× the largest step's working set, see below) mapped until it exits (as
-PyTorch's and JAX's GPU caching allocators do), and all threads share one malloc arena (fine for XLA's and our
-pipeline's allocation pattern; a very malloc-heavy many-threaded host program could contend on it). Adding
-``glibc.malloc.hugetlb=1`` (transparent huge pages for the heap) to your own ``GLIBC_TUNABLES`` is faster still in
-steady state (10-25% more on the SS-VAE steps here) but not a default: when the heap grows, the kernel may compact
-memory synchronously to find huge pages, and we measured 0.5-2.5 s stalls of system time on this shared machine.
+working size, which it does within the first few steps). The price: the process keeps its peak heap mapped until it
+exits (as PyTorch's and JAX's GPU caching allocators do), and all threads share one malloc arena (fine for XLA's and
+our pipeline's allocation pattern; a very malloc-heavy many-threaded host program could contend on it).
+``glibc.malloc.hugetlb=1`` (transparent huge pages for the heap) in your own ``GLIBC_TUNABLES`` is faster still in
+steady state but not a default: when the heap grows, the kernel may compact memory synchronously to find huge
+pages, which stalls the step.
 
 glibc reads tunables only at process start, so :func:`reexec_with_cpu_malloc_tunables` re-executes the current
 command once with ``GLIBC_TUNABLES`` set; ``python -m jaxshape.train`` and the benchmarks in ``experiments/`` call it
 first thing. It is **on by default for CPU runs** (:func:`wanted`: glibc Linux, and ``JAX_PLATFORMS`` is ``cpu`` or
-unset with no accelerator plugin installed); ``JAXSHAPE_CPU_MALLOC=0`` turns it off, ``=1`` forces it on. The heap
-settles after a few steps: on the released-width SS-VAE gradient it grew to ~2× the 2.4 GiB working set within
-the first 4 steps (two allocation orders alternate), after which steps took 0 faults and 1.45-1.55 s instead of
-1.9-2.6 s. Measured per model (``experiments/results/malloc_tuning.md``, 7 repetitions): jaxshape's train step
-1.00-1.70× faster, never slower; PyTorch's 1.01-1.80×. A library user calling jaxshape from their own script gets
-glibc's defaults unless they set the tunables themselves (``python -c "from jaxshape import cpu_allocator;
-print(cpu_allocator.merged_tunables(None))"`` prints the value). Tunables already in ``GLIBC_TUNABLES`` are kept and
-win over ours. Only on glibc Linux.
+unset with no accelerator plugin installed); ``JAXSHAPE_CPU_MALLOC=0`` turns it off, ``=1`` forces it on. A library
+user calling jaxshape from their own script gets glibc's defaults unless they set the tunables themselves
+(``python -c "from jaxshape import cpu_allocator; print(cpu_allocator.merged_tunables(None))"`` prints the value).
+Tunables already in ``GLIBC_TUNABLES`` are kept and win over ours. Only on glibc Linux.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""``python -m jaxshape.train --config=configs/trellis_like.py[:variant] --workdir=DIR [--config.x=y ...]``
+"""``python -m jaxshape.train --config=configs/trellis_like.py[:variant[,data=DIR]] --workdir=DIR [--config.x=y ...]``
 
 Trains one stage, or a pipeline of stages (a config with ``order`` and ``stages``: each stage trains in
 ``DIR/<stage>``; a flow stage with an empty ``vae_checkpoint`` uses the VAE stage trained before it). Re-running
-the same command resumes from the newest checkpoints.
+the same command resumes from the newest checkpoints. Shapes from a trained stage: ``python -m jaxshape.sample``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ config_flags.DEFINE_config_file("config", None, "ml_collections config file[:var
 flags.DEFINE_string("workdir", None, "output directory (checkpoints, metrics, samples)")
 flags.mark_flags_as_required(["config", "workdir"])
 
-VAE_OF = {"ss_flow": "ss_vae", "vecset_flow": "vecset_vae"}
 
 
 def _maybe_init_distributed(config) -> None:
@@ -27,7 +26,7 @@ def _maybe_init_distributed(config) -> None:
     environment variables (e.g. several processes on one machine, or a hand-rolled GPU cluster)."""
     import jax
 
-    if not config.get("distributed", False) or jax.distributed.is_initialized():
+    if not config.distributed or jax.distributed.is_initialized():
         return
     kwargs = {}
     if os.environ.get("JAX_NUM_PROCESSES"):
@@ -38,22 +37,25 @@ def _maybe_init_distributed(config) -> None:
 
 
 def run_pipeline(config, workdir: str) -> dict:
+    """Train ``config`` (one stage, or the stages of a pipeline in ``config.order``) under ``workdir``."""
+    from jaxshape.families import family_of_stage
     from jaxshape.trainer.loop import run
 
-    _maybe_init_distributed(config)
     if "order" not in config:
+        _maybe_init_distributed(config)
         return {config.stage: run(config, workdir)}
     results, trained = {}, {}
     for name in config.order:
         stage_cfg = config.stages[name]
         _maybe_init_distributed(stage_cfg)
-        vae_stage = VAE_OF.get(stage_cfg.stage)
+        fam = family_of_stage(stage_cfg.stage)
+        vae_stage = fam.vae_stage if stage_cfg.stage == fam.flow_stage else None
         if vae_stage and not stage_cfg.vae_checkpoint:
             if vae_stage not in trained:
                 raise ValueError(f"stage {name} needs vae_checkpoint (no {vae_stage} stage runs before it)")
             with stage_cfg.unlocked():
                 stage_cfg.vae_checkpoint = trained[vae_stage]
-        stage_dir = os.path.join(workdir, name)
+        stage_dir = os.path.abspath(os.path.join(workdir, name))  # absolute: config.json stays valid anywhere
         logging.getLogger("jaxshape.train").info("stage %s -> %s", name, stage_dir)
         results[name] = run(stage_cfg, stage_dir)
         trained[stage_cfg.stage] = stage_dir

@@ -1,5 +1,7 @@
-"""Helpers shared by the parity tests."""
+"""Helpers shared by the tests: random torch state_dicts, the parity metric, layout moves, committed key lists."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -37,3 +39,38 @@ def ncdhw(x):
 def ndhwc(x):
     """upstream NCDHW -> channels-last."""
     return np.moveaxis(np.asarray(x), 1, -1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# committed facts of the upstream checkpoint files (names, shapes, dtypes: no weights)
+
+REPO = Path(__file__).resolve().parents[1]  # the repository root
+ASSETS = REPO / "tests" / "assets"
+CHECKPOINT_KEYS = ASSETS / "checkpoint_keys"
+
+
+def trellis_key_sections() -> dict:
+    """``{section: {"params": n, "keys": {key: (shape, dtype, kind)}}}`` of ``trellis_ss_keys_all.txt`` (one
+    section per released TRELLIS checkpoint: ``ss_enc``, ``ss_dec``, ``ss_flow_*``), keys in file order."""
+    sections: dict = {}
+    cur = None
+    for line in (CHECKPOINT_KEYS / "trellis_ss_keys_all.txt").read_text().splitlines():
+        if line.startswith("#####"):
+            name, rest = line[5:].strip().split(":", 1)
+            cur = sections[name.strip()] = {"params": int(rest.split("params=")[1].split()[0]), "keys": {}}
+        elif line.strip() and cur is not None:
+            key, shape, dtype, kind = line.strip().split("\t")
+            cur["keys"][key] = (tuple(int(s) for s in shape.strip("[]").split(",") if s.strip()), dtype, kind)
+    return sections
+
+
+def partpacker_keys(name: str, strip_prefix: str = "") -> dict:
+    """``{key: shape}`` of a PartPacker key list (``partpacker_vae_keys.txt``, ``partpacker_dit_keys.txt``), with
+    ``strip_prefix`` removed from the keys that start with it (``"dit."`` in ``flow.pt``)."""
+    out = {}
+    for line in (CHECKPOINT_KEYS / name).read_text().splitlines():
+        if line.strip():
+            key, shape = line.split("\t")
+            key = key[len(strip_prefix):] if strip_prefix and key.startswith(strip_prefix) else key
+            out[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    return out

@@ -29,8 +29,9 @@ class ConversionError(ValueError):
     """A state_dict does not match the module: lists every missing, unexpected and mis-shaped key."""
 
 
-def abstract_variables(module: nn.Module) -> dict:
-    """Shapes and dtypes of ``module``'s variables (no memory is allocated), boxes removed."""
+def abstract_variables(module: nn.Module, unbox: bool = True) -> dict:
+    """Shapes and dtypes of ``module``'s variables (no memory is allocated), initialised on the module's
+    ``example_inputs()``; ``unbox=False`` keeps the logical-axis boxes (``nn.LogicallyPartitioned``)."""
     inputs = module.example_inputs()
     method = getattr(module, "init_method", None)
 
@@ -39,7 +40,8 @@ def abstract_variables(module: nn.Module) -> dict:
         kwargs = {} if method is None else {"method": method}
         return module.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, *zeros, **kwargs)
 
-    return nn.meta.unbox(jax.eval_shape(init))
+    shapes = jax.eval_shape(init)
+    return nn.meta.unbox(shapes) if unbox else shapes
 
 
 def _torch_module_path(names: tuple[str, ...]) -> str:

@@ -9,21 +9,23 @@ normalise per model family.
   position (UV/normal seams would otherwise look like open boundaries and fake sharp edges); faces with a repeated
   index or (near-)zero area are dropped; duplicate faces (same vertex set, either orientation) are dropped, first
   kept; unreferenced vertices removed.  A watertight mesh with negative signed volume is flipped (normals outward).
-* Normalisation (centre = bbox centre, scale from the longest bbox side; ``x_norm = (x - center) * scale``):
-  TRELLIS ``longest side = 1`` (inside [-0.5, 0.5]^3), PartPacker ``longest side spans [-0.95, 0.95]``.
+* Normalisation per family (centre = bbox centre, scale from the longest bbox side; ``x_norm = (x - center) *
+  scale``): sparse structure (TRELLIS) ``longest side = 1`` (inside [-0.5, 0.5]^3), vecset (PartPacker) ``longest
+  side spans [-0.95, 0.95]`` (``jaxshape.families.Family.mesh_bound``).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+
 import numpy as np
 
-__all__ = ["MeshError", "Mesh", "LoadLimits", "load_mesh", "clean_mesh", "normalize", "FAMILY_BOUNDS",
-           "normalization_params", "MESH_SUFFIXES"]
+from jaxshape.families import FAMILIES
+
+__all__ = ["MeshError", "TriMesh", "LoadLimits", "load_mesh", "clean_mesh", "normalize", "normalization_params",
+           "MESH_SUFFIXES"]
 
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
-# half-extent of the longest side after normalisation
-FAMILY_BOUNDS = {"trellis": 0.5, "partpacker": 0.95}
 _YUP_TO_ZUP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float64)
 
 
@@ -37,7 +39,9 @@ class MeshError(ValueError):
 
 
 @dataclasses.dataclass
-class Mesh:
+class TriMesh:
+    """A cleaned triangle mesh (named apart from ``jax.sharding.Mesh``, the device mesh)."""
+
     vertices: np.ndarray  # float64 [V, 3]
     faces: np.ndarray  # int64 [F, 3]
     stats: dict = dataclasses.field(default_factory=dict)
@@ -59,7 +63,7 @@ def _face_areas(v, f):
     return 0.5 * np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1)
 
 
-def load_mesh(path: str, limits: LoadLimits = LoadLimits(), up_axis: str = "auto") -> Mesh:
+def load_mesh(path: str, limits: LoadLimits = LoadLimits(), up_axis: str = "auto") -> TriMesh:
     """Load and clean one mesh file; raises ``MeshError`` with a reason for anything unusable."""
     import trimesh
 
@@ -106,7 +110,7 @@ def load_mesh(path: str, limits: LoadLimits = LoadLimits(), up_axis: str = "auto
     return mesh
 
 
-def clean_mesh(vertices, faces, limits: LoadLimits = LoadLimits()) -> Mesh:
+def clean_mesh(vertices, faces, limits: LoadLimits = LoadLimits()) -> TriMesh:
     """Validate and clean raw arrays (see module doc).  Raises ``MeshError``."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces)
@@ -177,27 +181,23 @@ def clean_mesh(vertices, faces, limits: LoadLimits = LoadLimits()) -> Mesh:
             f = f[:, ::-1].copy()
             stats["flipped"] = True
         stats["volume"] = abs(vol)
-    return Mesh(v, f, stats)
+    return TriMesh(v, f, stats)
 
 
 def normalization_params(vertices, family: str):
-    """``(center [3], scale)`` with ``x_norm = (x - center) * scale`` for ``family`` in FAMILY_BOUNDS."""
+    """``(center [3], scale)`` with ``x_norm = (x - center) * scale`` for ``family`` (``jaxshape.families``)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {tuple(FAMILIES)}, got {family!r}")
     v = np.asarray(vertices, np.float64)
     lo, hi = v.min(0), v.max(0)
     center = (lo + hi) / 2
-    scale = 2.0 * FAMILY_BOUNDS[family] / float((hi - lo).max())
+    scale = 2.0 * FAMILIES[family].mesh_bound / float((hi - lo).max())
     return center, scale
 
 
-def normalize(mesh: Mesh, family: str) -> Mesh:
+def normalize(mesh: TriMesh, family: str) -> TriMesh:
     c, s = normalization_params(mesh.vertices, family)
-    out = Mesh((mesh.vertices - c) * s, mesh.faces, dict(mesh.stats))
+    out = TriMesh((mesh.vertices - c) * s, mesh.faces, dict(mesh.stats))
     out.stats[f"{family}_center"] = c.tolist()
     out.stats[f"{family}_scale"] = float(s)
     return out
-
-
-def to_trimesh(mesh: Mesh):
-    import trimesh
-    return trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-

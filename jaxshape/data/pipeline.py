@@ -1,7 +1,8 @@
 """grain input pipeline: records -> (per-process shard) -> seeded shuffle -> repeat -> examples -> augmentation ->
 batch -> device prefetch with the trainer's batch sharding; checkpointable (Orbax via ``grain.checkpoint``).
 
-    it = make_iterator("data/run1", batch_size=8, family="vecset", seed=0, sharding=data_sharding)
+    ds = make_dataset("data/run1", batch_size=8, family=VECSET, seed=0)   # this process's batches (numpy)
+    it = DeviceIterator(ds, sharding=data_sharding)   # prefetched into device memory, batch-sharded
     batch = next(it)               # dict: jax.Array for numeric keys, numpy for strings ('id')
     state = it.get_state()         # bytes; or ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it))
 
@@ -19,13 +20,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from jaxshape.families import SPARSE_STRUCTURE, VECSET
+
 from .records import RecordSource
 
-__all__ = ["FAMILY_KEYS", "AugmentConfig", "make_dataset", "make_iterator", "DeviceIterator"]
+__all__ = ["FAMILY_KEYS", "AugmentConfig", "make_dataset", "DeviceIterator"]
 
-FAMILY_KEYS = {
-    "trellis": ("occupancy", "class_label", "id"),
-    "vecset": ("pointcloud", "normals", "fps_indices", "pointcloud_dorases", "normals_dorases",
+FAMILY_KEYS = {  # the record fields each family's stages read
+    SPARSE_STRUCTURE: ("occupancy", "class_label", "id"),
+    VECSET: ("pointcloud", "normals", "fps_indices", "pointcloud_dorases", "normals_dorases",
                "fps_indices_dorases", "query_points", "query_gt", "class_label", "id"),
 }
 _POINT_KEYS = ("pointcloud", "pointcloud_dorases", "query_points")
@@ -116,15 +119,16 @@ class _Transform:
         return ex
 
 
-def make_dataset(roots, batch_size: int, family: str = "vecset", seed: int = 0, shuffle: bool = True,
+def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, shuffle: bool = True,
                  num_epochs: Optional[int] = None, process_index: Optional[int] = None,
                  process_count: Optional[int] = None, augment: Optional[AugmentConfig] = None,
                  num_queries: Optional[Sequence[int]] = None, keys: Optional[Sequence[str]] = None,
                  drop_remainder: bool = True, worker_count: int = 0):
     """grain ``IterDataset`` of host-local batches (numpy).  ``batch_size`` is the per-process batch.
 
-    ``family``: ``"trellis"``, ``"vecset"`` or ``"all"``; ``num_queries=(n_volume, n_near, n_sharp)`` draws that many
-    queries per group per example; ``num_epochs=None`` repeats forever."""
+    ``family``: a family name (``jaxshape.families``: the fields of :data:`FAMILY_KEYS`) or ``"all"``; ``keys``
+    overrides it. ``num_queries=(n_volume, n_near, n_sharp)`` draws that many queries per group per example;
+    ``num_epochs=None`` repeats forever."""
     import grain
 
     if process_index is None or process_count is None:
@@ -134,6 +138,8 @@ def make_dataset(roots, batch_size: int, family: str = "vecset", seed: int = 0, 
     src = RecordSource(roots)
     if len(src) == 0:
         raise ValueError(f"no prepared examples under {roots}")
+    if keys is None and family != "all" and family not in FAMILY_KEYS:
+        raise ValueError(f"family must be one of {tuple(FAMILY_KEYS)} or 'all', got {family!r}")
     keys = tuple(keys) if keys is not None else (
         tuple({k for ks in FAMILY_KEYS.values() for k in ks}) if family == "all" else FAMILY_KEYS[family])
     ds = grain.MapDataset.source(src)[process_index::process_count]
@@ -242,16 +248,3 @@ class DeviceIterator:
         self._halt()
         if hasattr(self._it, "close"):
             self._it.close()
-
-
-def make_iterator(roots, batch_size: int, family: str = "vecset", seed: int = 0, sharding=None,
-                  buffer_size: int = 2, **kw) -> DeviceIterator:
-    """Global-batch iterator: ``batch_size`` is the **global** batch (split evenly over processes)."""
-    import jax
-
-    n = jax.process_count()
-    if batch_size % n:
-        raise ValueError(f"global batch {batch_size} not divisible by process count {n}")
-    ds = make_dataset(roots, batch_size // n, family, seed, process_index=jax.process_index(), process_count=n,
-                      **kw)
-    return DeviceIterator(ds, sharding, buffer_size)

@@ -19,24 +19,20 @@ import argparse
 import glob
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import sys
-import time
-import traceback
-from multiprocessing.connection import wait
 from typing import List, Optional, Tuple
 
-import numpy as np
+from jaxshape.families import FAMILIES, SPARSE_STRUCTURE, VECSET
 
-from .mesh_io import MESH_SUFFIXES, LoadLimits, MeshError
-from .records import encode_example, read_shard_index, write_shard
-from .targets import TargetConfig, config_from_json, config_to_json, make_example
+from .mesh_io import MESH_SUFFIXES, LoadLimits
+from .procedural import CLASSES, cache_dir, embedded_jobs
+from .store import RecordStore
+from .targets import TargetConfig, config_to_json
 from .vecset import VecsetConfig
+from .workers import PrepJob, WorkerPool, run_job
 
-__all__ = ["collect_inputs", "prepare", "main"]
-
-Task = Tuple[str, str, int]  # (id, path, class_label)
+__all__ = ["collect_inputs", "prepare", "embedded_records", "main"]
 
 
 def _safe_id(s: str) -> str:
@@ -44,9 +40,9 @@ def _safe_id(s: str) -> str:
     return "".join(c if (c.isalnum() or c in "-_.") else "_" for c in s)
 
 
-def collect_inputs(inputs: List[str], class_from_dir: bool = False) -> Tuple[List[Task], List[str]]:
+def collect_inputs(inputs: List[str], class_from_dir: bool = False) -> Tuple[List[PrepJob], List[str]]:
     """Folders (recursive, mesh suffixes), globs, ``.txt``/``.lst`` lists (``path`` or ``path<TAB>label`` per line)
-    or single files -> ``(tasks, class_names)``.  Ids: path relative to the folder (or stem + path hash)."""
+    or single files -> ``(jobs, class_names)``.  Ids: path relative to the folder (or stem + path hash)."""
     items = []  # (id, path, label or None, classname or None)
     for inp in inputs:
         if os.path.isdir(inp):
@@ -74,7 +70,7 @@ def collect_inputs(inputs: List[str], class_from_dir: bool = False) -> Tuple[Lis
             items += [(None, p, None, None) for p in paths]
     classes = sorted({c for _, _, _, c in items if c is not None})
     cidx = {c: i for i, c in enumerate(classes)}
-    tasks, seen = [], set()
+    jobs, seen = [], set()
     for mid, p, lab, cname in items:
         if mid is None:
             h = hashlib.sha1(os.path.abspath(p).encode()).hexdigest()[:8]
@@ -83,212 +79,13 @@ def collect_inputs(inputs: List[str], class_from_dir: bool = False) -> Tuple[Lis
             continue
         seen.add(mid)
         label = lab if lab is not None else (cidx[cname] if cname is not None else -1)
-        tasks.append((mid, p, label))
-    return tasks, classes
-
-
-def _load_features(features_dir, mid, path):
-    if not features_dir:
-        return None
-    for name in (mid, os.path.splitext(os.path.basename(path))[0]):
-        fp = os.path.join(features_dir, name + ".npy")
-        if os.path.exists(fp):
-            return {"cond_features": np.load(fp)}
-    return None
-
-
-def _run_one(task: Task, cfg: TargetConfig, seed: int, features_dir: Optional[str]):
-    mid, path, label = task
-    try:
-        ex, stats = make_example(path, cfg, seed, mid, label, _load_features(features_dir, mid, path))
-        ex["source"] = os.path.abspath(path)
-        return ("ok", mid, encode_example(ex), stats)
-    except MeshError as e:
-        return ("error", mid, e.reason, e.detail[:500])
-    except MemoryError:
-        return ("error", mid, "out_of_memory", "")
-    except Exception as e:  # any other failure is still one row, not a crash
-        return ("error", mid, "exception", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-800:]}")
-
-
-def _worker_main(conn, cfg_json, seed, features_dir):
-    cfg = config_from_json(cfg_json)
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
-        conn.send(_run_one(tuple(task), cfg, seed, features_dir))
-
-
-class _Pool:
-    """Minimal crash-tolerant process pool: one task per worker at a time; a dead/hung worker is replaced and its
-    task reported as failed."""
-
-    def __init__(self, n, cfg_json, seed, features_dir, timeout):
-        self.ctx = mp.get_context("spawn")
-        self.args = (cfg_json, seed, features_dir)
-        self.timeout = timeout
-        self.workers = [self._spawn() for _ in range(n)]
-
-    def _spawn(self):
-        a, b = self.ctx.Pipe()
-        p = self.ctx.Process(target=_worker_main, args=(b, *self.args), daemon=True)
-        p.start()
-        b.close()
-        return {"proc": p, "conn": a, "task": None, "t0": 0.0}
-
-    def run(self, tasks):
-        """Yields result tuples (see ``_run_one``) as they finish."""
-        todo = list(tasks)[::-1]
-        while todo or any(w["task"] for w in self.workers):
-            for w in self.workers:
-                if w["task"] is None and todo:
-                    w["task"] = todo.pop()
-                    w["t0"] = time.time()
-                    w["conn"].send(w["task"])
-            busy = [w for w in self.workers if w["task"] is not None]
-            ready = wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy], timeout=1.0)
-            for i, w in enumerate(self.workers):
-                if w["task"] is None:
-                    continue
-                res = None
-                if w["conn"] in ready:
-                    try:
-                        res = w["conn"].recv()
-                    except (EOFError, OSError):
-                        res = None
-                if res is not None:
-                    w["task"] = None
-                    yield res
-                    continue
-                dead = not w["proc"].is_alive()
-                hung = self.timeout and time.time() - w["t0"] > self.timeout
-                if dead or hung or w["conn"] in ready:
-                    mid = w["task"][0]
-                    if hung and not dead:
-                        w["proc"].kill()
-                    w["proc"].join(5)
-                    reason = "timeout" if (hung and not dead) else "worker_crashed"
-                    detail = f"exit code {w['proc'].exitcode}" if reason == "worker_crashed" else \
-                        f"> {self.timeout} s"
-                    self.workers[i] = self._spawn()
-                    yield ("error", mid, reason, detail)
-
-    def close(self):
-        for w in self.workers:
-            try:
-                w["conn"].send(None)
-            except Exception:
-                pass
-        for w in self.workers:
-            w["proc"].join(5)
-            if w["proc"].is_alive():
-                w["proc"].kill()
-
-
-class _Store:
-    def __init__(self, out, shard_size):
-        self.out = out
-        self.shard_size = shard_size
-        self.pending_dir = os.path.join(out, "pending")
-        os.makedirs(self.pending_dir, exist_ok=True)
-        for fn in os.listdir(out):
-            if fn.endswith(".tmp"):
-                os.remove(os.path.join(out, fn))
-        for fn in os.listdir(self.pending_dir):
-            if fn.endswith(".tmp"):
-                os.remove(os.path.join(self.pending_dir, fn))
-        self.shards = read_shard_index(out)
-        self.in_shards = {i for _, ids in self.shards for i in ids}
-        self.pending = {}
-        for fn in sorted(os.listdir(self.pending_dir)):
-            mid = fn[:-4]
-            if mid in self.in_shards:  # crash between shard commit and cleanup
-                os.remove(os.path.join(self.pending_dir, fn))
-            else:
-                self.pending[mid] = os.path.join(self.pending_dir, fn)
-        self.rows = {}
-        mp_ = os.path.join(out, "manifest.jsonl")
-        if os.path.exists(mp_):
-            with open(mp_) as fh:
-                for line in fh:
-                    try:
-                        r = json.loads(line)
-                        self.rows[r["id"]] = r
-                    except (json.JSONDecodeError, KeyError):
-                        continue  # torn last line of a killed run
-        # ok rows whose example was lost, and orphan pending files, are redone
-        for mid, r in list(self.rows.items()):
-            if r["status"] == "ok" and mid not in self.in_shards and mid not in self.pending:
-                del self.rows[mid]
-        for mid in list(self.pending):
-            if mid not in self.rows:
-                os.remove(self.pending.pop(mid))
-        self._rewrite_manifest()
-        self.manifest = open(mp_, "a")
-
-    def _rewrite_manifest(self):
-        p = os.path.join(self.out, "manifest.jsonl")
-        with open(p + ".tmp", "w") as fh:
-            for r in self.rows.values():
-                fh.write(json.dumps(r) + "\n")
-        os.replace(p + ".tmp", p)
-
-    def add(self, row, data: Optional[bytes]):
-        if data is not None:
-            p = os.path.join(self.pending_dir, row["id"] + ".rec")
-            with open(p + ".tmp", "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(p + ".tmp", p)
-            self.pending[row["id"]] = p
-        self.rows[row["id"]] = row
-        self.manifest.write(json.dumps(row) + "\n")
-        self.manifest.flush()
-        os.fsync(self.manifest.fileno())
-        if len(self.pending) >= self.shard_size:
-            self.flush()
-
-    def flush(self):
-        if not self.pending:
-            return
-        ids = sorted(self.pending)
-        n = 0
-        while os.path.exists(os.path.join(self.out, f"shard-{n:05d}.array_record")):
-            n += 1
-        name = f"shard-{n:05d}.array_record"
-
-        def gen():
-            for i in ids:
-                with open(self.pending[i], "rb") as fh:
-                    yield fh.read()
-
-        write_shard(os.path.join(self.out, name), gen())
-        with open(os.path.join(self.out, "shards.jsonl"), "a") as fh:
-            fh.write(json.dumps({"shard": name, "ids": ids}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        for i in ids:
-            os.remove(self.pending.pop(i))
-        self.shards.append((name, ids))
-        self.in_shards.update(ids)
-
-    def close(self):
-        self.flush()
-        self.manifest.close()
-        self._rewrite_manifest()
+        jobs.append((mid, p, label))
+    return jobs, classes
 
 
 def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), seed: int = 0, workers: int = 1,
             shard_size: int = 256, timeout: float = 600.0, retry_errors: bool = False, class_from_dir: bool = False,
-            features_dir: Optional[str] = None, progress: bool = True, tasks: Optional[List[Task]] = None,
+            features_dir: Optional[str] = None, progress: bool = True, jobs: Optional[List[PrepJob]] = None,
             classes: Optional[List[str]] = None) -> dict:
     """Library entry point of the CLI; returns the summary also written to ``OUT/dataset.json``."""
     os.makedirs(output, exist_ok=True)
@@ -304,17 +101,17 @@ def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), 
         with open(cpath + ".tmp", "w") as fh:
             json.dump(meta, fh, indent=1)
         os.replace(cpath + ".tmp", cpath)
-    if tasks is None:
-        tasks, classes = collect_inputs(inputs, class_from_dir)
-    store = _Store(output, shard_size)
+    if jobs is None:
+        jobs, classes = collect_inputs(inputs, class_from_dir)
+    store = RecordStore(output, shard_size)
     done = {mid for mid, r in store.rows.items() if r["status"] == "ok" or not retry_errors}
-    todo = [t for t in tasks if t[0] not in done]
-    src = {t[0]: t for t in tasks}
+    todo = [j for j in jobs if j[0] not in done]
+    src = {j[0]: j for j in jobs}
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="prepare", unit="mesh", file=sys.stderr)
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="prepare", unit="mesh", file=sys.stderr)
 
     def handle(res):
         status, mid = res[0], res[1]
@@ -330,10 +127,10 @@ def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), 
 
     try:
         if workers <= 0:
-            for t in todo:
-                handle(_run_one(t, cfg, seed, features_dir))
+            for j in todo:
+                handle(run_job(j, cfg, seed, features_dir))
         else:
-            pool = _Pool(min(workers, max(1, len(todo))), cfg_json, seed, features_dir, timeout)
+            pool = WorkerPool(min(workers, max(1, len(todo))), cfg_json, seed, features_dir, timeout)
             try:
                 for res in pool.run(todo):
                     handle(res)
@@ -343,18 +140,37 @@ def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), 
         store.close()
         if bar is not None:
             bar.close()
-    rows = [store.rows[t[0]] for t in tasks if t[0] in store.rows]
+    rows = [store.rows[j[0]] for j in jobs if j[0] in store.rows]
     reasons = {}
     for r in rows:
         if r["status"] != "ok":
             reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    summary = {"num_inputs": len(tasks), "num_ok": sum(r["status"] == "ok" for r in rows),
+    summary = {"num_inputs": len(jobs), "num_ok": sum(r["status"] == "ok" for r in rows),
                "num_error": sum(r["status"] != "ok" for r in rows), "error_reasons": reasons,
                "classes": list(classes or []), "shards": [s for s, _ in store.shards], **meta}
     with open(os.path.join(output, "dataset.json.tmp"), "w") as fh:
         json.dump(summary, fh, indent=1)
     os.replace(os.path.join(output, "dataset.json.tmp"), os.path.join(output, "dataset.json"))
     return summary
+
+
+def embedded_records(n: int = 1000, targets=(SPARSE_STRUCTURE, VECSET), resolution: int = 32, points: int = 4096,
+                     seed: int = 0, workers: int = 0, root: str = None) -> str:
+    """Prepared records of the first ``n`` embedded shapes (CPU-size targets, ``TargetConfig.small``), built on
+    first use under the cache (``jaxshape.data.procedural.cache_dir``) and reused; returns the folder for
+    ``jaxshape.data.pipeline``. Resumable like the CLI (an interrupted build continues where it stopped)."""
+    base = TargetConfig.small(resolution, points)
+    cfg = TargetConfig(targets=tuple(targets), resolution=resolution, vecset=base.vecset)
+    out = os.path.join(root or cache_dir(), f"records-{'+'.join(targets)}-r{resolution}-p{points}-n{n}-s{seed}")
+    summary = os.path.join(out, "dataset.json")
+    if os.path.exists(summary):
+        with open(summary) as fh:
+            s = json.load(fh)
+        if s.get("num_inputs") == n and s.get("num_ok", 0) + s.get("num_error", 0) == n:
+            return out
+    prepare([], out, cfg, seed=seed, workers=workers or (os.cpu_count() or 1), jobs=embedded_jobs(n, seed),
+            classes=list(CLASSES))
+    return out
 
 
 def build_config(args) -> TargetConfig:
@@ -377,7 +193,8 @@ def main(argv=None):
     ap.add_argument("--output", "-o", required=True)
     ap.add_argument("--embedded", type=int, default=0, metavar="N",
                     help="also include N procedural shapes of the embedded dataset (0: none)")
-    ap.add_argument("--targets", default="occupancy,vecset")
+    ap.add_argument("--targets", default=f"{SPARSE_STRUCTURE},{VECSET}",
+                    help=f"comma-separated families whose targets are computed ({', '.join(FAMILIES)})")
     ap.add_argument("--small", action="store_true", help="CPU-demo sizes (32^3, 4096 points)")
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--points", type=int, default=None, help="uniform FPS pool size (pointcloud)")
@@ -399,17 +216,15 @@ def main(argv=None):
     if not args.input and not args.embedded:
         ap.error("give --input and/or --embedded N")
     cfg = build_config(args)
-    tasks, classes = collect_inputs(args.input, args.class_from_dir)
+    jobs, classes = collect_inputs(args.input, args.class_from_dir)
     if args.embedded:
-        from .procedural import CLASSES, embedded_tasks
-
         if classes:
             ap.error("--embedded cannot be combined with --class-from-dir inputs (label spaces would clash)")
-        tasks += embedded_tasks(args.embedded)
+        jobs += embedded_jobs(args.embedded)
         classes = list(CLASSES)
     summary = prepare([], args.output, cfg, args.seed, args.workers, args.shard_size, args.timeout,
                       args.retry_errors, features_dir=args.features_dir, progress=not args.no_progress,
-                      tasks=tasks, classes=classes)
+                      jobs=jobs, classes=classes)
     print(json.dumps({k: summary[k] for k in ("num_inputs", "num_ok", "num_error", "error_reasons")}))
     if summary["num_inputs"] and summary["num_ok"] == 0:
         return 2

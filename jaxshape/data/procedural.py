@@ -16,7 +16,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-__all__ = ["CLASSES", "generate_shape", "ensure_embedded", "embedded_tasks", "embedded_records", "cache_dir"]
+__all__ = ["CLASSES", "generate_shape", "ensure_embedded", "embedded_jobs", "cache_dir"]
 
 CLASSES = ("box", "ellipsoid", "cylinder", "cone", "torus", "table", "chair", "mug", "bracket", "dumbbell")
 _VERSION = "procedural-v1"
@@ -139,31 +139,7 @@ def ensure_embedded(n: int = 1000, seed: int = 0, root: str = None) -> List[Tupl
     return out
 
 
-def embedded_tasks(n: int = 1000, seed: int = 0, root: str = None):
-    """Tasks ``(id, path, label)`` for ``jaxshape.data.prepare``."""
+def embedded_jobs(n: int = 1000, seed: int = 0, root: str = None):
+    """Jobs ``(id, path, label)`` for ``jaxshape.data.prepare``."""
     return [(f"procedural__{os.path.splitext(os.path.basename(p))[0]}", p, c)
             for p, c in ensure_embedded(n, seed, root)]
-
-
-def embedded_records(n: int = 1000, targets=("occupancy", "vecset"), resolution: int = 32, points: int = 4096,
-                     seed: int = 0, workers: int = 0, root: str = None) -> str:
-    """Prepared records of the first ``n`` embedded shapes (CPU-size targets, ``TargetConfig.small``), built on
-    first use under the cache and reused; returns the folder for ``jaxshape.data.pipeline``. Resumable like
-    ``python -m jaxshape.data.prepare`` (an interrupted build continues where it stopped)."""
-    import json
-
-    from .prepare import prepare
-    from .targets import TargetConfig
-
-    base = TargetConfig.small(resolution, points)
-    cfg = TargetConfig(targets=tuple(targets), resolution=resolution, vecset=base.vecset)
-    out = os.path.join(root or cache_dir(), f"records-{'+'.join(targets)}-r{resolution}-p{points}-n{n}-s{seed}")
-    summary = os.path.join(out, "dataset.json")
-    if os.path.exists(summary):
-        with open(summary) as fh:
-            s = json.load(fh)
-        if s.get("num_inputs") == n and s.get("num_ok", 0) + s.get("num_error", 0) == n:
-            return out
-    prepare([], out, cfg, seed=seed, workers=workers or (os.cpu_count() or 1), tasks=embedded_tasks(n, seed),
-            classes=list(CLASSES))
-    return out

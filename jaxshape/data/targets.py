@@ -9,20 +9,25 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .mesh_io import LoadLimits, Mesh, load_mesh, normalization_params
+from jaxshape.families import FAMILIES, SPARSE_STRUCTURE, VECSET, check_families
+
+from .mesh_io import LoadLimits, TriMesh, load_mesh, normalization_params
 from .vecset import VecsetConfig, vecset_targets
 from .voxelize import voxelize_surface
 
-__all__ = ["TargetConfig", "make_example", "example_seed", "config_to_json", "config_from_json"]
+__all__ = ["TargetConfig", "mesh_example", "example_seed", "config_to_json", "config_from_json"]
 
 
 @dataclasses.dataclass(frozen=True)
 class TargetConfig:
-    targets: Sequence[str] = ("occupancy", "vecset")  # which target families to compute
+    targets: Sequence[str] = (SPARSE_STRUCTURE, VECSET)  # the families whose targets are computed
     resolution: int = 64  # TRELLIS sparse-structure grid
     vecset: VecsetConfig = VecsetConfig()
     up_axis: str = "auto"  # auto: glTF Y-up -> Z-up; "z": none; "y": rotate every format
     limits: LoadLimits = LoadLimits()
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", check_families(self.targets, "TargetConfig.targets"))
 
     @staticmethod
     def small(resolution: int = 32, points: int = 4096) -> "TargetConfig":
@@ -51,30 +56,40 @@ def example_seed(seed: int, mesh_id: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed), h])
 
 
-def make_example(source, cfg: TargetConfig, seed: int = 0, mesh_id: Optional[str] = None, class_label: int = -1,
+def mesh_example(source, cfg: TargetConfig, seed: int = 0, mesh_id: Optional[str] = None, class_label: int = -1,
                  features: Optional[dict] = None):
-    """``source`` is a path or a ``Mesh``.  Returns ``(example dict, stats dict)``; raises ``MeshError``."""
+    """One training example of a mesh: each family's normalisation and targets, plus conditioning fields.
+
+    Args:
+      source: a mesh file path or a :class:`TriMesh`.
+      cfg: which targets, at which sizes.
+      seed, mesh_id: the example's randomness is seeded by ``(seed, mesh_id)`` only.
+      class_label, features: conditioning fields stored with it (``features``: ``{name: array}``).
+
+    Returns:
+      ``(example dict, stats dict)``. Raises ``MeshError`` (with a reason code) for an unusable mesh.
+    """
     t0 = time.perf_counter()
-    mesh = source if isinstance(source, Mesh) else load_mesh(source, cfg.limits, cfg.up_axis)
-    mesh_id = mesh_id or (str(source) if not isinstance(source, Mesh) else "mesh")
+    mesh = source if isinstance(source, TriMesh) else load_mesh(source, cfg.limits, cfg.up_axis)
+    mesh_id = mesh_id or (str(source) if not isinstance(source, TriMesh) else "mesh")
     t_load = time.perf_counter() - t0
     rng = np.random.default_rng(example_seed(seed, mesh_id))
     v, f = mesh.vertices, mesh.faces
     ex = {"id": mesh_id, "class_label": np.int32(class_label)}
     stats = dict(mesh.stats)
     stats["t_load"] = round(t_load, 4)
-    ct, st = normalization_params(v, "trellis")
-    cp, sp = normalization_params(v, "partpacker")
-    ex.update(trellis_center=ct.astype(np.float64), trellis_scale=np.float64(st),
-              partpacker_center=cp.astype(np.float64), partpacker_scale=np.float64(sp))
-    if "occupancy" in cfg.targets:
+    ct, st = normalization_params(v, SPARSE_STRUCTURE)
+    cp, sp = normalization_params(v, VECSET)
+    ex.update(sparse_structure_center=ct.astype(np.float64), sparse_structure_scale=np.float64(st),
+              vecset_center=cp.astype(np.float64), vecset_scale=np.float64(sp))
+    if SPARSE_STRUCTURE in cfg.targets:
         t = time.perf_counter()
-        idx = voxelize_surface((v - ct) * st, f, cfg.resolution, bound=0.5, clip=True)
+        idx = voxelize_surface((v - ct) * st, f, cfg.resolution, bound=FAMILIES[SPARSE_STRUCTURE].mesh_bound, clip=True)
         ex["voxel_indices"] = idx.astype(np.int16 if cfg.resolution <= 32767 else np.int32)
         ex["resolution"] = np.int32(cfg.resolution)
         stats["num_voxels"] = int(len(idx))
         stats["t_occupancy"] = round(time.perf_counter() - t, 4)
-    if "vecset" in cfg.targets:
+    if VECSET in cfg.targets:
         t = time.perf_counter()
         vs, info = vecset_targets((v - cp) * sp, f, cfg.vecset, rng, watertight=bool(mesh.stats.get("watertight")))
         ex.update(vs)

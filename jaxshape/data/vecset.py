@@ -4,7 +4,8 @@ Choices (where the papers are silent):
 * Uniform samples: area-weighted face choice + reflected barycentric rule, face normals (unit, outward for a
   consistently oriented mesh).  The ``num_points`` pool is a bucket-FPS (fpsample QuickFPS kd-line, approximate but
   well spread, as PartPacker) of ``num_surface`` samples.
-* ``fps_indices`` / ``fps_indices_dorases`` are **exact** FPS orders (fpsample ``fps_sampling``, start index 0), so every
+* ``fps_indices`` / ``fps_indices_dorases`` are **exact** FPS orders (fpsample ``fps_sampling``, start index 0), so
+  every
   prefix of length k is exactly the FPS-k subset from the same start; the VAE's progressive cut-off relies on it.
 * Salient points (Dora): edges shared by exactly two faces whose normals differ by more than ``sharp_angle`` degrees
   (boundary edges skipped); candidates = the sharp edges' endpoints + ``2*num_salient`` points placed uniformly by
@@ -31,7 +32,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = ["sample_surface", "fps", "fps_reference", "sharp_edges", "sample_salient", "make_queries",
-           "inside_winding", "signed_distance", "unsigned_distance", "inside_raycast", "tsdf", "VecsetConfig", "vecset_targets", "face_normals"]
+           "inside_winding", "signed_distance", "unsigned_distance", "inside_raycast", "tsdf", "VecsetConfig",
+           "vecset_targets", "face_normals"]
 
 try:  # optional fast FPS
     import fpsample as _fpsample

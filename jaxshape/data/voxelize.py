@@ -149,8 +149,8 @@ def voxelize_bruteforce(vertices, faces, resolution: int, bound: float = 0.5, cl
             for j in range(lo[1], hi[1] + 1):
                 for k in range(lo[2], hi[2] + 1):
                     poly = [p for p in t]
-                    for ax, (l, h) in enumerate(((i, i + 1), (j, j + 1), (k, k + 1))):
-                        poly = _clip_polygon(poly, ax, l, keep_less=False)
+                    for ax, (lo_face, h) in enumerate(((i, i + 1), (j, j + 1), (k, k + 1))):
+                        poly = _clip_polygon(poly, ax, lo_face, keep_less=False)
                         if not poly:
                             break
                         poly = _clip_polygon(poly, ax, h, keep_less=True)

@@ -1,13 +1,5 @@
-"""Rectified flow: time/σ schedules, noising and targets, losses, Euler samplers with CFG (both families)."""
-from jaxshape.flow.objectives import (
-    binary_metrics,
-    cfg_dropout,
-    dice_loss,
-    gaussian_kl,
-    mse,
-    ss_vae_loss,
-    vecset_vae_loss,
-)
+"""Rectified flow: time/σ schedules, noising and targets, the velocity loss, Euler samplers with CFG (both families)."""
+from jaxshape.flow.objectives import cfg_dropout, mse
 from jaxshape.flow.samplers import (
     euler_sample,
     partpacker_sigmas,
@@ -22,7 +14,6 @@ from jaxshape.flow.schedules import (
 )
 
 __all__ = [
-    "binary_metrics", "cfg_dropout", "dice_loss", "euler_sample", "gaussian_kl", "mse", "partpacker_noising",
-    "partpacker_sigma_table", "partpacker_sigmas", "sample_sigma_partpacker", "sample_t_trellis", "ss_vae_loss",
-    "trellis_noising", "trellis_timesteps", "vecset_vae_loss",
+    "cfg_dropout", "euler_sample", "mse", "partpacker_noising", "partpacker_sigma_table", "partpacker_sigmas",
+    "sample_sigma_partpacker", "sample_t_trellis", "trellis_noising", "trellis_timesteps",
 ]

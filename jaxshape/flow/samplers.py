@@ -28,14 +28,15 @@ def partpacker_sigmas(steps: int, shift: float = 3.0) -> np.ndarray:
 
 def euler_sample(velocity_fn: Callable, noise: jax.Array, cond, uncond, times: Sequence[float], *,
                  guidance: float = 0.0, convention: str = "trellis",
-                 guidance_interval: Optional[tuple[float, float]] = None) -> jax.Array:
+                 guidance_interval: Optional[tuple[float, float]] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> jax.Array:
     """Integrate from ``noise`` at ``times[0]`` to ``times[-1]``.
 
     ``velocity_fn(x, model_t [B] fp32, cond) -> v`` (model_t = 1000·t). ``cond``/``uncond`` are pytrees with a
     leading batch axis matching ``noise`` (or batch 1: repeated). ``convention``: ``"trellis"`` guidance
     ``(1 + w) v_c − w v_u``, ``"partpacker"`` guidance ``v_u + w (v_c − v_u)``; ``guidance = 0`` (TRELLIS) or
     ``1`` (PartPacker) is the conditional prediction alone. ``guidance_interval`` (TRELLIS) limits CFG to
-    ``lo ≤ t ≤ hi``.
+    ``lo ≤ t ≤ hi``. ``progress(1)`` is called after each step (e.g. a tqdm bar's ``update``).
     """
     if convention not in ("trellis", "partpacker"):
         raise ValueError(f"convention must be 'trellis' or 'partpacker', got {convention!r}")
@@ -75,4 +76,6 @@ def euler_sample(velocity_fn: Callable, noise: jax.Array, cond, uncond, times: S
             x = cfg_step(x, model_t, dt, np.float32(guidance))
         else:
             x = cond_step(x, model_t, dt)
+        if progress is not None:
+            progress(1)
     return x

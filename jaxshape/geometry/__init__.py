@@ -1,8 +1,10 @@
-"""SDF-grid decoding and mesh extraction."""
+"""SDF-grid decoding, mesh extraction, voxel-field meshes and shape export."""
 from jaxshape.geometry.grid import decode_dense, decode_hierarchical, grid_points, hierarchical_levels
-from jaxshape.geometry.mesh import TRIMESH_GLB_EXPORT, export_mesh, extract_mesh, to_trimesh, zup_to_glb
+from jaxshape.geometry.mesh import export_mesh, extract_mesh, to_trimesh, zup_to_glb
+from jaxshape.geometry.shapes import Shape, save_shapes
+from jaxshape.geometry.voxels import voxel_field_mesh
 
 __all__ = [
-    "grid_points", "decode_dense", "decode_hierarchical", "hierarchical_levels",
-    "extract_mesh", "to_trimesh", "export_mesh", "zup_to_glb", "TRIMESH_GLB_EXPORT",
+    "Shape", "decode_dense", "decode_hierarchical", "export_mesh", "extract_mesh", "grid_points",
+    "hierarchical_levels", "save_shapes", "to_trimesh", "voxel_field_mesh", "zup_to_glb",
 ]

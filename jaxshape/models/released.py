@@ -1,7 +1,7 @@
 """Constructor arguments of the released upstream checkpoints (the ``args`` of their JSON configs).
 
-``build_released(name, **overrides)`` constructs the matching jaxshape module, e.g.
-``build_released("ss_flow_img_dit_L_16l8_fp16", dtype=jnp.bfloat16)``.
+``jaxshape.models.build(name, **overrides)`` constructs the matching module, e.g.
+``build("ss_flow_img_dit_L_16l8_fp16", dtype=jnp.bfloat16)``.
 """
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ RELEASED: dict[str, tuple[str, dict]] = {
         _SS_FLOW, model_channels=1024, cond_channels=768, num_blocks=24, num_heads=16)),
     "ss_flow_txt_dit_XL_16l8_fp16": ("SparseStructureFlowModel", dict(
         _SS_FLOW, model_channels=1280, cond_channels=768, num_blocks=28, num_heads=16, qk_rms_norm_cross=True)),
+    # NVlabs/PartPacker vae.pt (part_woenc: the VecSetVAE defaults) and flow.pt (the DiT inside it, keys "dit.*")
+    "partpacker_vae": ("VecSetVAE", {}),
+    "partpacker_dit": ("VecSetDiT", dict(
+        hidden_dim=1536, num_heads=16, latent_size=4096, latent_dim=64, num_layers=24, qknorm=True,
+        qknorm_type="RMSNorm", use_pos_embed=False, use_parts=True, part_embed_mode="part2_only")),
 }
 
 
@@ -36,11 +41,3 @@ def released_args(name: str) -> tuple[str, dict]:
         raise KeyError(f"unknown released model {name!r}; known: {sorted(RELEASED)}")
     cls, args = RELEASED[name]
     return cls, copy.deepcopy(args)
-
-
-def build_released(name: str, **overrides):
-    from jaxshape import models
-
-    cls, args = released_args(name)
-    args.update(overrides)
-    return getattr(models, cls)(**args)

@@ -22,14 +22,15 @@ from jaxshape.nn import (
     TimestepEmbedder,
     absolute_position_embedding_3d,
     grid_coords_3d,
+    layer_norm,
     layer_unroll,
     patchify,
     rope_phases_3d,
     scan_blocks,
+    torso_dtype,
     unpatchify,
 )
-from jaxshape.nn.norms import layer_norm
-from jaxshape.models.sparse_structure_vae import torso_dtype
+from jaxshape.nn.axes import EMBED, MOD, PATCH
 
 
 class SparseStructureFlowModel(nn.Module):
@@ -111,7 +112,7 @@ class SparseStructureFlowModel(nn.Module):
         b = x.shape[0]
 
         h = patchify(x, p).reshape(b, g**3, self.in_channels * p**3)
-        h = Dense(c, init="xavier", axes=("patch", "embed"), name="input_layer", **fp32)(h)
+        h = Dense(c, init_scheme="xavier", axes=(PATCH, EMBED), name="input_layer", **fp32)(h)
         rope = None
         if self.pe_mode == "ape":
             pos_emb = self.variable("buffers", "pos_emb",
@@ -121,7 +122,7 @@ class SparseStructureFlowModel(nn.Module):
             rope = rope_phases_3d(grid_coords_3d(g), c // self.heads)
         temb = TimestepEmbedder(c, name="t_embedder", **fp32)(t)
         if self.share_mod:
-            temb = Dense(6 * c, init="zeros", axes=("embed", "mod"), name="adaLN_modulation_1",
+            temb = Dense(6 * c, init_scheme="zeros", axes=(EMBED, MOD), name="adaLN_modulation_1",
                          **fp32)(nn.silu(temb))
         blocks = scan_blocks(
             ModulatedCrossBlock, self.num_blocks, name="blocks", remat=self.use_checkpoint,
@@ -135,6 +136,6 @@ class SparseStructureFlowModel(nn.Module):
         )
         h, _ = blocks(h.astype(torso), temb.astype(torso), cond.astype(torso), rope)
         h = layer_norm(h, 1e-5)
-        h = Dense(self.out_channels * p**3, init="zeros", axes=("embed", "patch"), name="out_layer", **fp32)(h)
+        h = Dense(self.out_channels * p**3, init_scheme="zeros", axes=(EMBED, PATCH), name="out_layer", **fp32)(h)
         h = h.reshape(b, g, g, g, self.out_channels * p**3)
         return unpatchify(h, p)

@@ -13,14 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxshape.nn import Conv3d, DownsampleBlock3d, LayerNorm, ResBlock3d, UpsampleBlock3d
-
-
-def torso_dtype(dtype: Any, use_fp16: bool) -> Any:
-    """The compute dtype of a model's torso: explicit ``dtype`` wins, else upstream's ``use_fp16`` switch."""
-    if dtype is not None:
-        return dtype
-    return jnp.float16 if use_fp16 else jnp.float32
+from jaxshape.nn import Conv3d, DownsampleBlock3d, LayerNorm, ResBlock3d, UpsampleBlock3d, torso_dtype
 
 
 def _check_vae_config(name: str, channels: Sequence[int], num_res_blocks: int, num_res_blocks_middle: int,

@@ -20,12 +20,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxshape.nn import Dense, ModulatedCrossBlock, TimestepEmbedder, layer_unroll, scan_blocks
-from jaxshape.nn.initializers import partitioned
-from jaxshape.nn.norms import layer_norm
+from jaxshape.nn import (
+    PARTPACKER_QK_NORMS,
+    Dense,
+    ModulatedCrossBlock,
+    TimestepEmbedder,
+    layer_norm,
+    layer_unroll,
+    partitioned,
+    scan_blocks,
+)
+from jaxshape.nn.axes import EMBED, LATENT
 
 PART_EMBED_MODES = ("part2_only", "part", "element")
-QKNORM_TYPES = {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm"}
 
 
 def _scaled_normal(scale: float):
@@ -59,8 +66,9 @@ class VecSetDiT(nn.Module):
         if self.num_heads < 1 or self.hidden_dim < 1 or self.hidden_dim % self.num_heads:
             raise ValueError(f"{name}: hidden_dim {self.hidden_dim} must be a positive multiple of num_heads "
                              f"{self.num_heads}")
-        if self.qknorm_type not in QKNORM_TYPES:
-            raise ValueError(f"{name}: qknorm_type must be one of {tuple(QKNORM_TYPES)}, got {self.qknorm_type!r}")
+        if self.qknorm_type not in PARTPACKER_QK_NORMS:
+            raise ValueError(f"{name}: qknorm_type must be one of {tuple(PARTPACKER_QK_NORMS)}, "
+                             f"got {self.qknorm_type!r}")
         if self.part_embed_mode not in PART_EMBED_MODES:
             raise ValueError(f"{name}: part_embed_mode must be one of {PART_EMBED_MODES}, "
                              f"got {self.part_embed_mode!r}")
@@ -105,27 +113,27 @@ class VecSetDiT(nn.Module):
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         cdt = jnp.float32 if self.dtype is None else self.dtype
 
-        h = Dense(ch, init="xavier", axes=("latent", "embed"), name="proj_in", **dt)(x.astype(cdt))
+        h = Dense(ch, init_scheme="xavier", axes=(LATENT, EMBED), name="proj_in", **dt)(x.astype(cdt))
         if self.use_pos_embed:
-            pos = self.param("pos_embed", partitioned(_scaled_normal(ch ** -0.5), (None, None, "embed")),
+            pos = self.param("pos_embed", partitioned(_scaled_normal(ch ** -0.5), (None, None, EMBED)),
                              (1, self.latent_size, ch), self.param_dtype)
             h = h + pos.astype(h.dtype)
         if self.use_parts:
             half = n // 2
             if self.part_embed_mode == "element":
-                pe = self.param("part_embed", partitioned(_scaled_normal(ch ** -0.5), (None, "embed")),
+                pe = self.param("part_embed", partitioned(_scaled_normal(ch ** -0.5), (None, EMBED)),
                                 (self.latent_size, ch), self.param_dtype)
                 h = h + pe.astype(h.dtype)
             elif self.part_embed_mode == "part":  # upstream: plain randn (no 1/sqrt(C)) for this mode
-                pe = self.param("part_embed", partitioned(_scaled_normal(1.0), (None, "embed")), (2, ch),
+                pe = self.param("part_embed", partitioned(_scaled_normal(1.0), (None, EMBED)), (2, ch),
                                 self.param_dtype).astype(h.dtype)
                 h = jnp.concatenate([h[:, :half] + pe[0], h[:, half:] + pe[1]], axis=1)
             else:  # part2_only
-                pe = self.param("part_embed", partitioned(_scaled_normal(ch ** -0.5), (None, "embed")), (1, ch),
+                pe = self.param("part_embed", partitioned(_scaled_normal(ch ** -0.5), (None, EMBED)), (1, ch),
                                 self.param_dtype).astype(h.dtype)
                 h = jnp.concatenate([h[:, :half], h[:, half:] + pe[0]], axis=1)
         temb = TimestepEmbedder(ch, name="timestep_embed", **dt)(t)
-        qk = QKNORM_TYPES[self.qknorm_type] if self.qknorm else None
+        qk = PARTPACKER_QK_NORMS[self.qknorm_type] if self.qknorm else None
         layers = scan_blocks(
             ModulatedCrossBlock, self.num_layers, name="layers", remat=self.gradient_checkpointing,
             remat_policy=self.remat_policy, num_broadcast_args=3,
@@ -136,5 +144,5 @@ class VecSetDiT(nn.Module):
         )
         h, _ = layers(h, temb.astype(cdt), c.astype(cdt), None)
         h = layer_norm(h, 1e-6).astype(h.dtype)
-        h = Dense(self.latent_dim, init="zeros", axes=("embed", "latent"), name="proj_out", **dt)(h)
+        h = Dense(self.latent_dim, init_scheme="zeros", axes=(EMBED, LATENT), name="proj_out", **dt)(h)
         return h.astype(jnp.float32)

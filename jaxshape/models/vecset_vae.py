@@ -15,8 +15,9 @@ Methods (``module.apply(variables, ..., method=...)``):
   empty key set, which gives a zero attention output like torch SDPA). Indices must lie in range: JAX
   gathers cannot raise, out-of-range indices are clipped (torch would raise).
 * ``decode(latent [B, L, latent_dim]) -> hidden [B, L, dec_hidden_dim]``.
-* ``query(query_points [B, Q, 3], hidden_states) -> pred [B, Q]`` fp32. With ``use_flash_query`` the
-  ``norm_query_context`` LayerNorm is applied here (upstream leaves it to the callers).
+* ``query(query_points [B, Q, 3], hidden_states) -> pred [B, Q, 1]`` fp32 (upstream's shape; its callers squeeze).
+  With ``use_flash_query`` the ``norm_query_context`` LayerNorm is applied here (upstream leaves it to the
+  callers).
 * ``__call__(data, sample_posterior=False, noise=None) -> (pred [B, Q], mean, logvar)``: encode, take the
   posterior mode (or a sample: ``noise`` array or the ``"noise"`` rng stream), decode, query
   ``data["query_points"]`` — upstream's ``training_step`` forward without the loss.
@@ -32,12 +33,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxshape.nn import Dense, LayerNorm, fourier_point_features, scan_blocks
-from jaxshape.nn.norms import layer_norm
-from jaxshape.nn.transformer import AttentionBlock, FlashQueryLayer, layer_unroll
+from jaxshape.nn import (
+    PARTPACKER_QK_NORMS,
+    AttentionBlock,
+    Dense,
+    FlashQueryLayer,
+    LayerNorm,
+    fourier_point_features,
+    layer_norm,
+    layer_unroll,
+    scan_blocks,
+)
+from jaxshape.nn.axes import EMBED, LATENT, POINTS
 
 SALIENT_ATTN_MODES = ("dual", "dual_shared", "single")
-QKNORM_TYPES = {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm"}
 FOURIER_VERSIONS = ("v1", "v2", "v3")
 
 
@@ -177,8 +186,9 @@ class VecSetVAE(nn.Module):
         if self.salient_attn_mode not in SALIENT_ATTN_MODES:
             raise ValueError(f"{name}: salient_attn_mode must be one of {SALIENT_ATTN_MODES}, "
                              f"got {self.salient_attn_mode!r}")
-        if self.qknorm_type not in QKNORM_TYPES:
-            raise ValueError(f"{name}: qknorm_type must be one of {tuple(QKNORM_TYPES)}, got {self.qknorm_type!r}")
+        if self.qknorm_type not in PARTPACKER_QK_NORMS:
+            raise ValueError(f"{name}: qknorm_type must be one of {tuple(PARTPACKER_QK_NORMS)}, "
+                             f"got {self.qknorm_type!r}")
         if self.fourier_version not in FOURIER_VERSIONS:
             raise ValueError(f"{name}: fourier_version must be one of {FOURIER_VERSIONS}, "
                              f"got {self.fourier_version!r}")
@@ -222,15 +232,15 @@ class VecSetVAE(nn.Module):
 
     @property
     def _qk_norm(self) -> Optional[str]:
-        return QKNORM_TYPES[self.qknorm_type] if self.qknorm else None
+        return PARTPACKER_QK_NORMS[self.qknorm_type] if self.qknorm else None
 
     def setup(self):
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        blk = dict(qk_norm=self._qk_norm, init="torch", attention_impl=self.attention_impl, **dt)
+        blk = dict(qk_norm=self._qk_norm, init_scheme="torch", attention_impl=self.attention_impl, **dt)
         remat = self.remat_policy is not None
         policy = self.remat_policy or "nothing_saveable"
         c = self.hidden_dim
-        self.proj_input = Dense(c, init="torch", axes=("points", "embed"), **dt)
+        self.proj_input = Dense(c, init_scheme="torch", axes=(POINTS, EMBED), **dt)
         self.perceiver = AttentionBlock(c, self.num_heads, cross=True, **blk)
         if self.salient_attn_mode == "dual":  # upstream builds it even without salient points (then unused)
             self.perceiver_dorases = AttentionBlock(c, self.num_heads, cross=True, **blk)
@@ -240,23 +250,23 @@ class VecSetVAE(nn.Module):
                                        unroll=layer_unroll(self.scan_unroll, self.num_enc_layers, remat), channels=c,
                                        num_heads=self.num_heads, return_carry=True, **blk)
         self.norm_down = LayerNorm(1e-5, elementwise_affine=True, param_dtype=self.param_dtype)
-        self.proj_down_mean = Dense(self.latent_dim, init="torch", axes=("embed", "latent"), **dt)
+        self.proj_down_mean = Dense(self.latent_dim, init_scheme="torch", axes=(EMBED, LATENT), **dt)
         if not self.use_ae:
-            self.proj_down_std = Dense(self.latent_dim, init="torch", axes=("embed", "latent"), **dt)
-        self.proj_up = Dense(self.dec_hidden_dim, init="torch", axes=("latent", "embed"), **dt)
+            self.proj_down_std = Dense(self.latent_dim, init_scheme="torch", axes=(EMBED, LATENT), **dt)
+        self.proj_up = Dense(self.dec_hidden_dim, init_scheme="torch", axes=(LATENT, EMBED), **dt)
         if self.num_dec_layers:
             self.decoder = scan_blocks(AttentionBlock, self.num_dec_layers, name="decoder", remat=remat,
                                        remat_policy=policy, num_broadcast_args=0,
                                        unroll=layer_unroll(self.scan_unroll, self.num_dec_layers, remat),
                                        channels=self.dec_hidden_dim,
                                        num_heads=self.dec_num_heads, return_carry=True, **blk)
-        self.proj_query = Dense(self.query_hidden_dim, init="torch", axes=("points", "embed"), **dt)
+        self.proj_query = Dense(self.query_hidden_dim, init_scheme="torch", axes=(POINTS, EMBED), **dt)
         if self.use_flash_query:
             self.attn_query = FlashQueryLayer(self.query_hidden_dim, self.query_num_heads, **blk)
         else:
             self.attn_query = AttentionBlock(self.query_hidden_dim, self.query_num_heads, cross=True, **blk)
         self.norm_out = LayerNorm(1e-5, elementwise_affine=True, param_dtype=self.param_dtype)
-        self.proj_out = Dense(1, init="torch", axes=("embed", None), **dt)
+        self.proj_out = Dense(1, init_scheme="torch", axes=(EMBED, None), **dt)
 
     def _fourier(self, points: jax.Array) -> jax.Array:
         """Fourier features in fp32, then cast to the compute dtype (upstream: bf16)."""
@@ -318,7 +328,7 @@ class VecSetVAE(nn.Module):
         return h
 
     def query(self, query_points: jax.Array, hidden_states: jax.Array) -> jax.Array:
-        """``query_points [B, Q, 3]`` against ``hidden_states = decode(z)`` -> prediction ``[B, Q]`` fp32."""
+        """``query_points [B, Q, 3]`` against ``hidden_states = decode(z)`` -> prediction ``[B, Q, 1]`` fp32."""
         _check_points("query_points", query_points)
         if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.hidden_dim:
             raise ValueError(f"VecSetVAE.query: hidden_states must have shape [B, L, {self.hidden_dim}], "
@@ -330,7 +340,7 @@ class VecSetVAE(nn.Module):
             hidden_states = layer_norm(hidden_states, 1e-6).astype(hidden_states.dtype)
         q = self.proj_query(self._fourier(query_points))
         o = self.attn_query(q, hidden_states)
-        return self.proj_out(self.norm_out(o))[..., 0].astype(jnp.float32)
+        return self.proj_out(self.norm_out(o)).astype(jnp.float32)
 
     def __call__(self, data: Mapping[str, jax.Array], sample_posterior: bool = False,
                  noise: Optional[jax.Array] = None):
@@ -343,7 +353,7 @@ class VecSetVAE(nn.Module):
             z = post.sample(None if noise is not None else self.make_rng("noise"), noise=noise)
         else:
             z = post.mode()
-        return self.query(data["query_points"], self.decode(z)), mean, logvar
+        return self.query(data["query_points"], self.decode(z))[..., 0], mean, logvar
 
     def init_all(self, pointcloud, pointcloud_dorases, fps_indices, fps_indices_dorases, query_points):
         """Touches every parameter (use as ``init(..., method="init_all")``; the converter does, with
@@ -355,3 +365,18 @@ class VecSetVAE(nn.Module):
             q = self.proj_input(self._fourier(pointcloud))
             self.perceiver_dorases(q, q)
         return out
+
+
+def decode_grids(vae: VecSetVAE, variables: dict, latents: jax.Array, resolution: int) -> list:
+    """Dense ``(R+1)³`` TSDF grids (numpy, inside positive) of each latent set ``latents [B, L, latent_dim]``:
+    decode once per shape, then query the grid of ``jaxshape.geometry.grid_points(R)`` in fixed-size chunks."""
+    from jaxshape.geometry import decode_dense
+
+    grids = []
+    query = jax.jit(lambda v, pts, hidden: vae.apply(v, pts[None], hidden, method="query")[0, :, 0])
+    decode = jax.jit(lambda v, z: vae.apply(v, z[None], method="decode"))
+    for z in latents:
+        hidden = decode(variables, z)
+        grids.append(decode_dense(lambda p: query(variables, jnp.asarray(p), hidden), resolution,
+                                  max_points_per_query=min(8192, (resolution + 1) ** 3)))
+    return grids

@@ -1,178 +1,34 @@
 """3-D convolution blocks (TRELLIS sparse-structure VAE), channels-last ``[B, X, Y, Z, C]``.
 
-Formulations are chosen for XLA (see docs/architecture.md): the kernel-2 stride-2 downsample is space-to-depth
-followed by one matmul (identical numbers; XLA:CPU's strided conv and especially its input gradient are slow), and
-upsampling is a 3³ conv to 8·C followed by :func:`pixel_shuffle_3d` (never a transposed conv).
+The stride-1 convolutions compute through :func:`jaxshape.kernels.conv3d.conv3d_same` (the formulation is picked
+per backend, width, input size and dtype). The kernel-2 stride-2 downsample is space-to-depth followed by one matmul
+(identical numbers; XLA:CPU's strided conv and especially its input gradient are slow), and upsampling is a 3³ conv
+to 8·C followed by :func:`pixel_shuffle_3d` (never a transposed conv).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
+from jaxshape.kernels.conv3d import conv3d_same
+from jaxshape.nn.axes import CONV_IN, CONV_K, CONV_OUT
 from jaxshape.nn.initializers import partitioned, torch_default_bias_init, torch_default_kernel_init
 from jaxshape.nn.linear import compute_dtype
 from jaxshape.nn.norms import LayerNorm
 from jaxshape.nn.spatial import pixel_shuffle_3d, space_to_depth_3d
 
-CONV_AXES = ("conv_k", "conv_k", "conv_k", "conv_in", "conv_out")
-
-CONV_FORMULATIONS = ("auto", "lax", "im2col", "im2col_yz", "im2col_z", "shift", "output_shift", "winograd")
-
-# Winograd F(2, 3) (Lavin & Gray 2016), 1-D: y = A^T [(G g) * (B^T d)] for a 4-tap input tile d, 3-tap filter g and
-# 2 outputs y_i = sum_k d[i + k] g[k] (cross-correlation, as torch's conv). 3-D = the same transform on each axis.
-WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
-WINOGRAD_G3 = np.einsum("ai,bj,ck->abcijk", WINOGRAD_G, WINOGRAD_G, WINOGRAD_G).reshape(64, 27)  # G⊗G⊗G
-# Below this many 2³ output tiles (batch × ⌈X/2⌉·⌈Y/2⌉·⌈Z/2⌉, i.e. 4096 voxels), Winograd's fixed costs show: one
-# im2col matmul is as fast or faster unless tiles·in·out ≥ WINOGRAD_MIN_WORK (512 channels at 8³ still gain; 256 at
-# 8³ and everything at 4³ do not). Measured fwd+bwd per conv and per model, docs/performance.md item 7.
-WINOGRAD_MIN_TILES = 512
-WINOGRAD_MIN_WORK = 2**24
-
-
-def winograd_tiles(shape: Sequence[int]) -> int:
-    """Number of 2³ output tiles of a ``[B, X, Y, Z, C]`` input: ``B·⌈X/2⌉·⌈Y/2⌉·⌈Z/2⌉``."""
-    b, sx, sy, sz = shape[:4]
-    return b * ((sx + 1) // 2) * ((sy + 1) // 2) * ((sz + 1) // 2)
-
-
-def auto_formulation(cin: int, cout: int, k: int, tiles: Optional[int] = None, dtype: Any = jnp.float32,
-                     backend: str = "cpu") -> str:
-    """The formulation :func:`conv3d_same` uses by default. ``tiles`` = :func:`winograd_tiles` of the input (None:
-    large); ``dtype`` the compute dtype; ``backend`` = ``jax.default_backend()``.
-
-    On GPU and TPU: ``lax.conv`` (cuDNN / the TPU's native convolution; the rules below were measured on XLA:CPU,
-    whose own conv is its slowest path). On CPU (fwd+bwd per conv, docs/performance.md item 7): 1³ kernel -> a
-    matmul; output ≥ 8× narrower than the input -> one matmul to ``k³·out`` then shifted adds (``output_shift``);
-    a 3³ kernel in fp32 -> Winograd F(2, 3) (3.4× fewer multiplications; faster than every direct formulation from
-    1 to 512 channels once the input has ≥ 4096 voxels), or one im2col matmul for small inputs (below
-    :data:`WINOGRAD_MIN_TILES` tiles and :data:`WINOGRAD_MIN_WORK`); otherwise one im2col matmul for ≤ 320
-    columns, else im2col over the kernel's z axis (3 shifted copies, k² matmuls with K = k·in). All of them have
-    matmul-only backward passes (XLA:CPU's conv weight/input gradients are its slowest path). Winograd only in fp32:
-    its transforms add up to 4 terms per axis, which in bf16/fp16 round far beyond the direct sum."""
-    if backend != "cpu":
-        return "lax"
-    if k == 1:
-        return "im2col"
-    if cin >= 8 * cout:
-        return "output_shift"
-    if k == 3 and jnp.dtype(dtype) == jnp.float32:
-        small = tiles is not None and tiles < WINOGRAD_MIN_TILES and tiles * cin * cout < WINOGRAD_MIN_WORK
-        return "im2col" if small else "winograd"
-    if cin * k**3 <= 320:
-        return "im2col"
-    return "im2col_z"
-
-
-def _shift(x: jax.Array, offset: tuple) -> jax.Array:
-    """``y[v] = x[v + offset]`` over the 3 spatial axes of ``[B, X, Y, Z, C]``, zero outside (one ``lax.pad``
-    with negative/positive edges, whose gradient is again a single pad)."""
-    cfg = [(0, 0, 0)] + [(-d, d, 0) for d in offset] + [(0, 0, 0)]
-    return lax.pad(x, jnp.zeros((), x.dtype), cfg)
-
-
-def _winograd_input_1d(x: jax.Array, axis: int, tiles: int) -> list:
-    """``B^T d`` along ``axis`` for every tile (stride 2, 4 taps) of the padded ``x``: 4 arrays of ``tiles``."""
-    d = [lax.slice_in_dim(x, j, j + 2 * tiles - 1, 2, axis) for j in range(4)]
-    return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
-
-
-def _winograd_output_1d(m: jax.Array, axis: int) -> jax.Array:
-    """``A^T m`` along the size-4 ``axis`` (replaced by the tile's 2 outputs)."""
-    m0, m1, m2, m3 = (lax.index_in_dim(m, j, axis, keepdims=False) for j in range(4))
-    return jnp.stack([m0 + m1 + m2, m1 - m2 - m3], axis)
-
-
-def winograd_conv3d(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """3³ "same" convolution as Winograd F(2×2×2, 3×3×3): per 2³ output tile, the 4³ input tile and the kernel are
-    transformed (additions only for the input; ``U = (G⊗G⊗G) · kernel`` as one matmul), the 64 transformed
-    positions become 64 independent ``[tiles, in] @ [in, out]`` matmuls (8 rows per 2³ outputs instead of 27: 3.375×
-    fewer multiply-adds), and the output transform is additions again. Odd spatial sizes are padded to even and
-    cropped. Numbers differ from the direct sum by fp32 rounding only (~1e-6 relative at 512 channels)."""
-    b, sx, sy, sz, cin = x.shape
-    cout = kernel.shape[-1]
-    n = [(s + 1) // 2 for s in (sx, sy, sz)]
-    xp = jnp.pad(x, ((0, 0),) + tuple((1, 1 + s % 2) for s in (sx, sy, sz)) + ((0, 0),))
-    v = []
-    for a in _winograd_input_1d(xp, 1, n[0]):
-        for c in _winograd_input_1d(a, 2, n[1]):
-            v.extend(_winograd_input_1d(c, 3, n[2]))
-    tiles = b * n[0] * n[1] * n[2]
-    v = jnp.stack(v, 0).reshape(64, tiles, cin)
-    u = jnp.dot(jnp.asarray(WINOGRAD_G3, kernel.dtype), kernel.reshape(27, cin * cout),
-                precision=lax.Precision.HIGHEST).reshape(64, cin, cout)
-    m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # [64, tiles, out]
-    m = m.reshape(4, 4, 4, b, n[0], n[1], n[2], cout)
-    y = _winograd_output_1d(_winograd_output_1d(_winograd_output_1d(m, 0), 1), 2)  # [2, 2, 2, b, nx, ny, nz, out]
-    y = y.transpose(3, 4, 0, 5, 1, 6, 2, 7).reshape(b, 2 * n[0], 2 * n[1], 2 * n[2], cout)
-    return y[:, :sx, :sy, :sz]
-
-
-def conv3d_same(x: jax.Array, kernel: jax.Array, formulation: str = "auto") -> jax.Array:
-    """Stride-1 3-D convolution with zero padding ``k // 2`` (torch ``Conv3d(k, padding=k//2)``), channels-last.
-
-    ``x [B, X, Y, Z, in]``, ``kernel [k, k, k, in, out]``. Every formulation computes the same sum (fp32
-    rounding differs only in the order of additions):
-
-    * ``"lax"``: ``lax.conv_general_dilated``;
-    * ``"im2col"``: all ``k³`` shifted copies concatenated on channels, one matmul with K = ``k³·in``;
-    * ``"im2col_yz"`` / ``"im2col_z"``: partial im2col over (y, z) or z only, then ``k`` or ``k²`` shifted matmuls;
-    * ``"shift"``: ``k³`` shifted matmuls with K = ``in`` (no copy of the input beyond the slices);
-    * ``"output_shift"``: one matmul ``x @ kernel -> [.., k³·out]`` then ``k³`` shifted adds (small ``out``);
-    * ``"winograd"``: :func:`winograd_conv3d` (3³ kernels only);
-    * ``"auto"``: :func:`auto_formulation`.
-    """
-    k, cin, cout = kernel.shape[0], kernel.shape[3], kernel.shape[4]
-    if formulation == "auto":
-        formulation = auto_formulation(cin, cout, k, winograd_tiles(x.shape), x.dtype, jax.default_backend())
-    if formulation not in CONV_FORMULATIONS:
-        raise ValueError(f"unknown conv formulation {formulation!r}; expected one of {CONV_FORMULATIONS}")
-    if k == 1:
-        return jnp.dot(x, kernel.reshape(cin, cout))
-    if formulation == "winograd":
-        if kernel.shape[:3] != (3, 3, 3):
-            raise ValueError(f"the winograd conv formulation needs a 3x3x3 kernel, got kernel shape "
-                             f"{tuple(kernel.shape)}")
-        return winograd_conv3d(x, kernel)
-    p = k // 2
-    if formulation == "lax":
-        return lax.conv_general_dilated(x, kernel, window_strides=(1, 1, 1), padding=((p, p),) * 3,
-                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-    if formulation == "output_shift":
-        # y[v] = sum_d x[v + d - p] W[d]: one matmul to all k³ taps, then shift each tap's slice into place
-        z = jnp.dot(x, kernel.transpose(3, 0, 1, 2, 4).reshape(cin, k**3 * cout))
-        out = None
-        for o, zo in enumerate(jnp.split(z, k**3, axis=-1)):
-            t = _shift(zo, (o // (k * k) - p, (o // k) % k - p, o % k - p))
-            out = t if out is None else out + t
-        return out
-    ncol = {"shift": 0, "im2col_z": 1, "im2col_yz": 2, "im2col": 3}[formulation]
-    # shifted copies over the last `ncol` kernel axes, concatenated on channels (offset-major then channel: the
-    # order of kernel[..., in, out] flattened); then one matmul per offset of the leading kernel axes
-    lead = 3 - ncol
-    w = jnp.split(kernel.reshape(k**lead, k**ncol * cin, cout), k**lead, axis=0)
-    out = None
-    for o in range(k**lead):
-        lead_off = [o // k ** (lead - 1 - a) % k - p for a in range(lead)]
-        pieces = []
-        for c in range(k**ncol):
-            col_off = [c // k ** (ncol - 1 - a) % k - p for a in range(ncol)]
-            pieces.append(_shift(x, tuple(lead_off + col_off)))
-        cols = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
-        t = jnp.dot(cols, w[o][0])
-        out = t if out is None else out + t
-    return out
+CONV_AXES = (CONV_K, CONV_K, CONV_K, CONV_IN, CONV_OUT)
 
 
 class Conv3d(nn.Module):
     """``nn.Conv3d(in, out, k, padding=k//2)`` (stride 1) in channels-last form; kernel [k, k, k, in, out].
 
     Init is PyTorch's default unless ``zero_init`` (TRELLIS ``zero_module``). Parameters ``kernel``, ``bias``.
-    ``formulation`` picks how the sum is computed (:func:`conv3d_same`; same numbers up to fp32 rounding).
+    ``formulation`` picks how the sum is computed (``jaxshape.kernels.conv3d.conv3d_same``; same numbers up to fp32
+    rounding).
     """
 
     features: int
@@ -191,7 +47,7 @@ class Conv3d(nn.Module):
         else:
             kinit, binit = torch_default_kernel_init(), torch_default_bias_init(cin * k**3)
         kernel = self.param("kernel", partitioned(kinit, CONV_AXES), shape, self.param_dtype)
-        bias = self.param("bias", partitioned(binit, ("conv_out",)), (self.features,), self.param_dtype)
+        bias = self.param("bias", partitioned(binit, (CONV_OUT,)), (self.features,), self.param_dtype)
         dtype = compute_dtype(self.dtype, x.dtype, self.param_dtype)
         y = conv3d_same(x.astype(dtype), kernel.astype(dtype), self.formulation)
         return y + bias.astype(dtype)
@@ -210,7 +66,7 @@ class SpaceToDepthConv3d(nn.Module):
         r, cin = self.block, x.shape[-1]
         shape = (r, r, r, cin, self.features)
         kernel = self.param("kernel", partitioned(torch_default_kernel_init(), CONV_AXES), shape, self.param_dtype)
-        bias = self.param("bias", partitioned(torch_default_bias_init(cin * r**3), ("conv_out",)),
+        bias = self.param("bias", partitioned(torch_default_bias_init(cin * r**3), (CONV_OUT,)),
                           (self.features,), self.param_dtype)
         dtype = compute_dtype(self.dtype, x.dtype, self.param_dtype)
         cols = space_to_depth_3d(x.astype(dtype), r)

@@ -1,4 +1,4 @@
-"""Timestep, 3-D position (absolute sin-cos and rotary) and Fourier point embeddings."""
+"""Timestep, class-label, 3-D position (absolute sin-cos and rotary) and Fourier point embeddings."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxshape.nn.axes import EMBED, EMBED_OUT, FREQ
+from jaxshape.nn.initializers import partitioned
 from jaxshape.nn.linear import Dense
-
 
 # --------------------------------------------------------------------------------------------------------------
 # timesteps
@@ -47,10 +48,25 @@ class TimestepEmbedder(nn.Module):
         emb = timestep_embedding(t, self.frequency_embedding_size)
         if self.dtype is not None:
             emb = emb.astype(self.dtype)
-        kw = dict(init="normal0.02", dtype=self.dtype, param_dtype=self.param_dtype)
-        h = Dense(self.hidden_size, axes=("freq", "embed"), name="mlp_0", **kw)(emb)
+        kw = dict(init_scheme="normal0.02", dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Dense(self.hidden_size, axes=(FREQ, EMBED), name="mlp_0", **kw)(emb)
         h = nn.silu(h)
-        return Dense(self.hidden_size, axes=("embed", "embed_out"), name="mlp_2", **kw)(h)
+        return Dense(self.hidden_size, axes=(EMBED, EMBED_OUT), name="mlp_2", **kw)(h)
+
+
+class LabelConditioner(nn.Module):
+    """Class label -> ``tokens`` condition tokens ``[B, tokens, channels]`` from a learned table; label
+    ``num_classes`` is the learned null (unconditional) label for classifier-free guidance."""
+
+    num_classes: int
+    channels: int
+    tokens: int = 1
+
+    @nn.compact
+    def __call__(self, labels: jax.Array) -> jax.Array:
+        table = nn.Embed(self.num_classes + 1, self.channels * self.tokens,
+                         embedding_init=partitioned(nn.initializers.normal(0.02), (None, EMBED)))
+        return table(labels).reshape(labels.shape[0], self.tokens, self.channels)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxshape.nn.axes import HEAD_DIM, HEADS, NORM
 from jaxshape.nn.initializers import partitioned
 
 
@@ -17,8 +18,8 @@ def broadcast_multiply(x: jax.Array, w: jax.Array) -> jax.Array:
     per-head gamma [H, D], or a per-sample modulation [B, 1, C]. The same numbers as ``x * w``.
 
     With batch 1 the product is formed on a ``[T, ...]`` view of ``x``. Why: the gradient of ``w`` is a reduction of
-    ``g * x`` over the tokens, and XLA:CPU's YNNPACK fusions (jax 0.10) reduce a ``[1, T, C]`` product over ``T`` some
-    100× slower than a ``[T, C]`` one (75-90 ms vs 0.5-1 ms at 4096 × 1024; experiments/results/batch1_reductions.md).
+    ``g * x`` over the tokens, and XLA:CPU's YNNPACK fusions (jax 0.10) reduce a ``[1, T, C]`` product over ``T`` on a
+    path two orders of magnitude slower than a ``[T, C]`` one (``experiments/batch1_reductions.py``).
     """
     core = w.ndim
     while core and w.shape[w.ndim - core] == 1:
@@ -32,7 +33,7 @@ def broadcast_multiply(x: jax.Array, w: jax.Array) -> jax.Array:
 
 def _rows(x: jax.Array) -> jax.Array:
     """``x`` as a 2-D ``[rows, C]`` view (a free reshape). Norm statistics are computed on this view: XLA:CPU's
-    YNNPACK fusions (jax 0.10) reduce ``[1, T, C]`` arrays (batch 1) 20-100× slower than ``[T, C]`` ones."""
+    YNNPACK fusions (jax 0.10) reduce ``[1, T, C]`` arrays (batch 1) far slower than ``[T, C]`` ones."""
     return x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x
 
 
@@ -61,7 +62,7 @@ class LayerNorm(nn.Module):
     epsilon: float
     elementwise_affine: bool = True
     param_dtype: Any = jnp.float32
-    axes: tuple = ("norm",)
+    axes: tuple = (NORM,)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -85,7 +86,7 @@ class MultiHeadRMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h, d = x.shape[-2:]
-        gamma = self.param("gamma", partitioned(nn.initializers.ones_init(), ("heads", "head_dim")), (h, d),
+        gamma = self.param("gamma", partitioned(nn.initializers.ones_init(), (HEADS, HEAD_DIM)), (h, d),
                            self.param_dtype)
         x32 = x.reshape(-1, h, d).astype(jnp.float32)
         norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
@@ -99,7 +100,7 @@ class RMSNorm(nn.Module):
 
     epsilon: float = 1e-6
     param_dtype: Any = jnp.float32
-    axes: tuple = ("norm",)
+    axes: tuple = (NORM,)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

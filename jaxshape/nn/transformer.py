@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxshape.nn.attention import AttentionImpl, MultiHeadAttention
+from jaxshape.nn.axes import EMBED, LAYERS, MLP, MOD
 from jaxshape.nn.linear import Dense
 from jaxshape.nn.norms import LayerNorm, broadcast_multiply
 
@@ -32,16 +33,16 @@ class FeedForward(nn.Module):
     hidden_features: int
     prefix: str = "mlp"
     approximate_gelu: bool = True
-    init: str = "xavier"
+    init_scheme: str = "xavier"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(init=self.init, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = Dense(self.hidden_features, axes=("embed", "mlp"), name=f"{self.prefix}_0", **kw)(x)
+        kw = dict(init_scheme=self.init_scheme, dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Dense(self.hidden_features, axes=(EMBED, MLP), name=f"{self.prefix}_0", **kw)(x)
         h = jax.nn.gelu(h, approximate=self.approximate_gelu)
-        return Dense(x.shape[-1], axes=("mlp", "embed"), name=f"{self.prefix}_2", **kw)(h)
+        return Dense(x.shape[-1], axes=(MLP, EMBED), name=f"{self.prefix}_2", **kw)(h)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -79,7 +80,7 @@ class ModulatedCrossBlock(nn.Module):
         if self.share_mod:
             mod = cond
         else:
-            mod = Dense(6 * c, init="zeros", axes=("embed", "mod"), name=names["modulation"], **dt)(nn.silu(cond))
+            mod = Dense(6 * c, init_scheme="zeros", axes=(EMBED, MOD), name=names["modulation"], **dt)(nn.silu(cond))
         if mod.shape[-1] != 6 * c:
             raise ValueError(f"modulation must have 6·channels = {6 * c} features, got {mod.shape[-1]}")
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
@@ -106,11 +107,11 @@ CPU_UNROLL_MAX_LAYERS = 8
 def layer_unroll(scan_unroll: Optional[bool], num_layers: int, remat: bool) -> bool:
     """Resolve a model's ``scan_unroll`` field: ``True`` unrolls the layer scan fully (same parameters, stacked;
     one copy of the block per layer in the program), ``False`` keeps a loop. ``None`` (automatic): unroll on CPU
-    for stacks of ≤ ``CPU_UNROLL_MAX_LAYERS`` layers without rematerialisation, where XLA:CPU runs the loop body's
-    matmuls 5-12% slower than straight-line code (measured train steps; docs/performance.md), at ~+1 s of compile
-    time. Kept as a loop elsewhere, for deep stacks (24 unrolled layers compile in 14-19 s instead of 2.4 s) and
-    under remat: unrolled, XLA no longer keeps rematerialised activations bounded (SS-flow L, 24 blocks: 20 GiB of
-    temporaries instead of 3.4 GiB)."""
+    for stacks of ≤ ``CPU_UNROLL_MAX_LAYERS`` layers without rematerialisation, where XLA:CPU runs a loop body's
+    matmuls slower than straight-line code, for a little compile time. Kept as a loop elsewhere: deep stacks compile
+    several times slower unrolled, and under remat an unrolled stack no longer keeps the rematerialised activations
+    bounded (``experiments/ab_optimisations.py`` and ``experiments/perf_extras.py`` measure both; docs/performance.md,
+    "Unrolled shallow stacks")."""
     if scan_unroll is None:
         return jax.default_backend() == "cpu" and num_layers <= CPU_UNROLL_MAX_LAYERS and not remat
     return bool(scan_unroll)
@@ -121,7 +122,7 @@ def scan_blocks(block_cls: type[nn.Module], num_layers: int, *, name: str, remat
                 **block_kwargs):
     """A stack of ``num_layers`` identical blocks as one ``nn.scan`` (compile time independent of depth).
 
-    Parameters get a leading ``[num_layers]`` axis with logical name ``"layers"``; the converter stacks the
+    Parameters get a leading ``[num_layers]`` axis with logical name ``LAYERS``; the converter stacks the
     upstream per-layer tensors (``<name>.<i>.*``) into it. ``block_cls(...)(x, *args) -> (x, None)``; every
     argument after ``x`` is broadcast to all layers. ``remat_policy`` names a ``jax.checkpoint_policies`` member.
     ``unroll=True`` unrolls the scan fully (the parameters keep their stacked layout; see :func:`layer_unroll`).
@@ -140,7 +141,7 @@ def scan_blocks(block_cls: type[nn.Module], num_layers: int, *, name: str, remat
         in_axes=(nn.broadcast,) * num_broadcast_args,
         length=num_layers,
         unroll=num_layers if unroll else 1,
-        metadata_params={nn.PARTITION_NAME: "layers"},
+        metadata_params={nn.PARTITION_NAME: LAYERS},
     )
     return stack(name=name, **block_kwargs)
 
@@ -160,7 +161,7 @@ class AttentionBlock(nn.Module):
     cross: bool = False
     qk_norm: Optional[str] = None
     mlp_ratio: float = 4.0
-    init: str = "torch"
+    init_scheme: str = "torch"
     return_carry: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -170,7 +171,7 @@ class AttentionBlock(nn.Module):
     def __call__(self, x, context=None):
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         attn = MultiHeadAttention(self.channels, self.num_heads, kind="cross" if self.cross else "self",
-                                  naming="partpacker", qk_norm=self.qk_norm, init=self.init,
+                                  naming="partpacker", qk_norm=self.qk_norm, init_scheme=self.init_scheme,
                                   attention_impl=self.attention_impl, name="attn", **dt)
         h = LayerNorm(1e-6, elementwise_affine=False, name="norm_attn")(x)
         if self.cross:
@@ -181,7 +182,7 @@ class AttentionBlock(nn.Module):
             x = x + attn(h)
         h = LayerNorm(1e-6, elementwise_affine=False, name="norm_ff")(x)
         x = x + FeedForward(int(self.channels * self.mlp_ratio), prefix="net", approximate_gelu=False,
-                            init=self.init, name="ff", **dt)(h)
+                            init_scheme=self.init_scheme, name="ff", **dt)(h)
         return (x, None) if self.return_carry else x
 
 
@@ -193,7 +194,7 @@ class FlashQueryLayer(nn.Module):
     num_heads: int
     qk_norm: Optional[str] = None
     mlp_ratio: float = 1.0
-    init: str = "torch"
+    init_scheme: str = "torch"
     dtype: Any = None
     param_dtype: Any = jnp.float32
     attention_impl: AttentionImpl = None
@@ -203,7 +204,7 @@ class FlashQueryLayer(nn.Module):
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = LayerNorm(1e-6, elementwise_affine=False, name="norm_attn")(x)
         h = MultiHeadAttention(self.channels, self.num_heads, kind="cross", naming="partpacker",
-                               qk_norm=self.qk_norm, init=self.init, attention_impl=self.attention_impl,
+                               qk_norm=self.qk_norm, init_scheme=self.init_scheme, attention_impl=self.attention_impl,
                                name="attn", **dt)(h, context)
         return FeedForward(int(self.channels * self.mlp_ratio), prefix="net", approximate_gelu=False,
-                           init=self.init, name="ff", **dt)(h)
+                           init_scheme=self.init_scheme, name="ff", **dt)(h)

@@ -4,14 +4,15 @@ Layout: ``<workdir>/checkpoints/<step>/{state, data}``. Saves are asynchronous; 
 end; the last ``keep_last`` and the ``keep_best`` lowest-loss checkpoints are kept. Restores go straight into the
 target shardings (so a run can resume on a mesh of another size). The data iterator is saved with grain's handler
 (one file per process): grain iterators, and any iterator with ``get_state() -> bytes``, ``set_state(bytes)`` and
-``start_prefetch()`` (jaxshape's ``DeviceIterator`` and ``SyntheticIterator``).
+``start_prefetch()`` (jaxshape's ``DeviceIterator`` and ``SyntheticIterator``). Reading parameters back without a
+train state: ``jaxshape.models.store.read_train_params`` (and ``jaxshape.models.load`` for whole modules);
+:func:`load_frozen_models` reads a flow stage's frozen VAE.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -47,6 +48,10 @@ class Checkpointer:
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
+    def should_save(self, step: int) -> bool:
+        """Whether :meth:`save` at ``step`` (without ``force``) writes a checkpoint."""
+        return self.manager.should_save(step)
+
     def restore(self, step: int, target: Any, data_iter=None) -> Any:
         """Restore ``state`` into ``target`` (a pytree of ``jax.ShapeDtypeStruct`` with shardings); the data
         iterator's position is restored in place."""
@@ -61,14 +66,39 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(directory: str | Path, use_ema: bool = True, step: Optional[int] = None):
-    """Params (EMA by default) of a training checkpoint directory as host numpy arrays, without a target."""
-    directory = Path(directory).absolute()
-    with ocp.CheckpointManager(directory) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
-        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    state = restored["state"]
-    params = state["ema_params"] if use_ema else state["params"]
-    return jax.tree.map(np.asarray, params)
+def _split_paths(spec) -> list[str]:
+    if isinstance(spec, str):
+        return [p.strip() for p in spec.split(",") if p.strip()]
+    return [str(p) for p in spec if str(p).strip()]
+
+
+def load_frozen_models(spec, parts: dict, stage: str) -> dict:
+    """The frozen models a stage needs, ``{role: (module, variables)}``, from ``spec`` (a flow stage's
+    ``vae_checkpoint``): one path or several (a sequence, or one string joined by ","), each anything
+    ``jaxshape.models.load`` reads (a training workdir, a saved / converted model, a folder of those).
+
+    ``parts`` = ``{role: model class name}``; every class must be found exactly once among the paths' components
+    (e.g. an ``ss_vae`` workdir's ``encoder`` and ``decoder``, or converted ``ss_enc`` and ``ss_dec`` folders)."""
+    from jaxshape.models import components, load
+
+    paths = _split_paths(spec)
+    want = " and ".join(f"a {cls}" for cls in parts.values())
+    if not paths:
+        raise FileNotFoundError(f"{stage}: vae_checkpoint is empty; it needs {want}: give the workdir of the "
+                                f"trained VAE stage, or the output of `python -m jaxshape.convert`")
+    found = {}  # class name -> [(path, component)]
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{stage}: vae_checkpoint {p!r} does not exist")
+        for name, cls in components(p).items():
+            found.setdefault(cls, []).append((p, name))
+    out = {}
+    for role, cls in parts.items():
+        hits = found.get(cls, [])
+        if len(hits) != 1:
+            held = {f"{p}:{n}": c for c, hs in found.items() for p, n in hs}
+            raise ValueError(f"{stage}: vae_checkpoint {spec!r} must hold exactly one {cls} (it needs {want}); "
+                             f"found {len(hits)} among its models {held or '(none)'}")
+        p, name = hits[0]
+        out[role] = load(p, name)
+    return out

@@ -1,37 +1,165 @@
-"""Defaults shared by every training config (``configs/*.py`` build on :func:`common_config`)."""
+"""The training config schema: every field of every stage, its default and what it does.
+
+``configs/*.py`` start from :func:`stage_config` and override; the trainer reads ``config.<field>`` directly, so
+this file is the one place a default lives. A pipeline config is ``ConfigDict(order=(stage names...),
+stages={name: stage config})``; :func:`parse_config_arg` and :func:`apply_pipeline_options` give every config file
+the same ``--config=configs/x.py:<variant>,data=<records folder>`` argument.
+"""
+from __future__ import annotations
+
 import ml_collections
 
+from jaxshape.families import SS_FLOW, SS_VAE, VECSET_FLOW, VECSET_VAE, family_of_stage
 
-def common_config(stage: str) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.stage = stage
-    c.seed = 0
-    c.steps = 1000
-    c.log_every = 10
-    c.ckpt_every = 500
-    c.keep_last = 2
-    c.keep_best = 1
-    c.sample_every = 0  # 0: only at the end
-    c.sample_at_end = True
-    c.num_samples = 4
-    c.async_checkpointing = True
-    c.progress = True
-    c.dtype = "float32"  # compute dtype of the trained model ("bfloat16" on accelerators)
-    c.grad_accum_steps = 1
-    c.pre_encode = False  # flow stages: encode the dataset once with the frozen VAE instead of every step
-    c.ema_decay = 0.9999
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-    c.distributed = False  # call jax.distributed.initialize() (multi-host)
-    c.data = ml_collections.ConfigDict(dict(
-        # source: "embedded" (procedural shapes, prepared on first use and cached), "records" (a folder written by
-        # `python -m jaxshape.data.prepare`, at `path`) or "synthetic" (exact spheres/boxes, for tests)
-        source="embedded", path="", batch_size=8, seed=0, shuffle=True, prefetch=2, worker_count=0,
-        resolution=64, points=4096, num_shapes=1000,  # embedded-set target sizes
-        num_queries=(), # vecset: (volume, near, sharp) queries drawn per example (); () = all stored
-        augment=ml_collections.ConfigDict(dict(mirror_p=0.0, rotate="", occupancy_flips=False)),
-        num_examples=64, synthetic=ml_collections.ConfigDict(dict(resolution=32))))
-    c.optimizer = ml_collections.ConfigDict(dict(
-        lr=1e-4, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, schedule="constant", warmup_steps=0,
-        decay_steps=1, end_lr=0.0, clip="adaptive", max_grad_norm=1.0, clip_percentile=95.0,
-        clip_buffer_size=1000))
+ConfigDict = ml_collections.ConfigDict
+
+
+def _data_config() -> ConfigDict:
+    d = ConfigDict()
+    # "embedded": the procedural set, prepared on first use and cached; "records": a folder written by
+    # `python -m jaxshape.data.prepare` (path); "synthetic": exact spheres and boxes (tests, smoke runs)
+    d.source = "embedded"
+    d.path = ""  # source="records": the prepared folder
+    d.batch_size = 8  # global batch (all processes and devices together); a multiple of data × fsdp
+    d.seed = 0  # shuffling, augmentation and query subsampling
+    d.shuffle = True  # shuffle every epoch
+    d.prefetch = 2  # batches prefetched into device memory
+    d.worker_count = 0  # grain worker processes (0: in the main process)
+    d.resolution = 64  # embedded set: occupancy grid size
+    d.points = 4096  # embedded set: uniform surface-point pool
+    d.num_shapes = 1000  # embedded set: how many shapes
+    d.num_queries = ()  # vecset: (volume, near, sharp) TSDF queries drawn per example; () = every stored query
+    d.augment = ConfigDict(dict(
+        mirror_p=0.0,  # vecset: mirror one random axis with this probability
+        rotate="",  # vecset: "" (off), "z" (about the up axis) or "so3"
+        occupancy_flips=False,  # sparse structure: random x/y flips and 90° turns about z
+    ))
+    d.num_examples = 64  # synthetic: dataset size
+    d.synthetic = ConfigDict(dict(resolution=32))  # synthetic: jaxshape.data.synthetic.synthetic_example args
+    return d
+
+
+def _optimizer_config() -> ConfigDict:
+    o = ConfigDict()
+    o.lr = 1e-4  # peak learning rate (AdamW)
+    o.weight_decay = 0.0  # decoupled weight decay
+    o.b1 = 0.9  # Adam β1
+    o.b2 = 0.999  # Adam β2
+    o.eps = 1e-8  # Adam ε
+    o.schedule = "constant"  # "constant" (TRELLIS) or "cosine"
+    o.warmup_steps = 0  # linear warm-up from 0 (both schedules)
+    o.decay_steps = 1  # cosine: steps of the decay
+    o.end_lr = 0.0  # cosine: final learning rate
+    o.clip = "adaptive"  # "adaptive" (TRELLIS: percentile of recent norms, capped), "global_norm" or "none"
+    o.max_grad_norm = 1.0  # the global-norm cap (both clip kinds)
+    o.clip_percentile = 95.0  # adaptive: percentile of the recent pre-clip norms
+    o.clip_buffer_size = 1000  # adaptive: how many recent norms
+    return o
+
+
+def stage_config(stage: str) -> ConfigDict:
+    """The complete default config of one training stage (``jaxshape.families.STAGES``)."""
+    family_of_stage(stage)  # an unknown stage is an error naming the known ones
+    c = ConfigDict()
+    c.stage = stage  # what this config trains: ss_vae, ss_flow, vecset_vae or vecset_flow
+    c.seed = 0  # parameter init, per-step randomness (fold_in(seed, step)), host-side draws, samples
+    c.steps = 1000  # optimiser steps in all
+    c.log_every = 10  # write metrics every this many steps (metrics leave the device only then)
+    c.ckpt_every = 500  # checkpoint every this many steps, and at the last step
+    c.keep_last = 2  # keep the newest keep_last checkpoints ...
+    c.keep_best = 1  # ... and the keep_best lowest-loss ones
+    c.async_checkpointing = True  # write checkpoints in the background
+    c.sample_every = 0  # write samples every this many steps (0: only at the end)
+    c.sample_at_end = True  # write samples when the run reaches `steps`
+    c.num_samples = 4  # shapes per sampling: reconstructions (VAE) or generations (flow)
+    c.progress = True  # a progress bar on the main process
+    c.dtype = "float32"  # compute dtype of the trained model ("bfloat16" on accelerators); params stay fp32
+    c.grad_accum_steps = 1  # micro-batches per step (data.batch_size must split into multiples of the mesh)
+    c.ema_decay = 0.9999  # EMA of the parameters, updated every step (samples and loading use the EMA)
+    c.distributed = False  # call jax.distributed.initialize() first (multi-host)
+    c.mesh = ConfigDict(dict(
+        data=-1,  # data-parallel axis size (-1: the devices left over)
+        fsdp=1,  # parameter-sharding axis size
+        rules=(),  # (logical axis, mesh axes or None) pairs overriding jaxshape.trainer.sharding.LOGICAL_RULES
+    ))
+    c.data = _data_config()
+    c.optimizer = _optimizer_config()
+    if stage == SS_VAE:
+        # SparseStructureEncoder / SparseStructureDecoder constructor args (TRELLIS names)
+        c.model = ConfigDict(dict(encoder=ConfigDict(), decoder=ConfigDict()))
+        c.loss = ConfigDict(dict(
+            type="dice",  # reconstruction term: "dice" (TRELLIS configs), "bce" or "l1"
+            kl_weight=1e-3,  # weight of the KL term
+        ))
+    elif stage == VECSET_VAE:
+        c.model = ConfigDict()  # VecSetVAE constructor args (PartPacker ModelConfig names; defaults: released)
+        c.progressive_cutoff = True  # PartPacker's random FPS-prefix cut-off, one draw per step
+        c.sampler = ConfigDict(dict(grid_resolution=64))  # reconstructions: TSDF grid of (R+1)³ queries
+    else:
+        c.model = ConfigDict()  # the flow model's constructor args (SparseStructureFlowModel / VecSetDiT)
+        # the frozen VAE: a training workdir of the VAE stage, a jaxshape.convert / jaxshape.models.save output
+        # (for ss_flow: a folder holding the converted encoder and decoder, or their two paths joined by ",");
+        # empty in a pipeline: the VAE stage trained before it
+        c.vae_checkpoint = ""
+        c.pre_encode = False  # encode the dataset once with the frozen VAE (cached in the workdir)
+        c.cond = ConfigDict(dict(
+            kind="class",  # "class" (a learned label table) or "features" (precomputed cond_features tokens)
+            num_classes=10,  # class: labels 0..num_classes-1; label num_classes is the learned null label
+            tokens=1,  # class: condition tokens per label
+            p_uncond=0.1,  # classifier-free-guidance dropout probability
+        ))
+        if stage == SS_FLOW:
+            c.flow = ConfigDict(dict(
+                t_schedule="logitNormal",  # training t: "logitNormal" (TRELLIS) or "uniform"
+                mean=1.0,  # logit-normal mean
+                std=1.0,  # logit-normal std
+                sigma_min=1e-5,  # TRELLIS σ_min
+            ))
+            c.sampler = ConfigDict(dict(
+                steps=25,  # Euler steps
+                cfg_strength=7.5,  # guidance w in (1 + w)·v_c − w·v_u
+                cfg_interval=(0.5, 1.0),  # guidance only for t in this interval
+                rescale_t=3.0,  # TRELLIS time rescaling of the grid
+            ))
+        elif stage == VECSET_FLOW:
+            c.latent_tokens = ()  # (uniform, salient) FPS-prefix latent tokens per shape; () = all encoded
+            c.flow = ConfigDict(dict(
+                mean=1.0,  # logit-normal mean of the σ table index
+                std=1.0,  # logit-normal std
+                shift=3.0,  # PartPacker's σ shift
+            ))
+            c.sampler = ConfigDict(dict(
+                steps=30,  # Euler steps
+                cfg_strength=7.0,  # guidance w in v_u + w·(v_c − v_u)
+                grid_resolution=64,  # TSDF grid of (R+1)³ queries per shape
+            ))
     return c
+
+
+PIPELINE_OPTIONS = ("data",)
+
+
+def parse_config_arg(arg: str | None, default_variant: str) -> tuple[str, dict]:
+    """``"<variant>,key=value,..."`` (the part after ``:`` in ``--config=configs/x.py:...``) ->
+    ``(variant, options)``. Options: ``data=<folder>`` (train every stage on prepared records)."""
+    parts = [p for p in (arg or "").split(",") if p]
+    variant = default_variant
+    if parts and "=" not in parts[0]:
+        variant = parts.pop(0)
+    options = {}
+    for p in parts:
+        key, sep, value = p.partition("=")
+        if not sep or key not in PIPELINE_OPTIONS:
+            raise ValueError(f"config option {p!r} is not one of {PIPELINE_OPTIONS} (key=value)")
+        options[key] = value
+    return variant, options
+
+
+def apply_pipeline_options(cfg: ConfigDict, options: dict) -> ConfigDict:
+    """Apply :func:`parse_config_arg` options to a stage config or to every stage of a pipeline config."""
+    stages = [cfg.stages[s] for s in cfg.order] if "order" in cfg else [cfg]
+    for c in stages:
+        if "data" in options:
+            c.data.source = "records"
+            c.data.path = options["data"]
+    return cfg

@@ -12,6 +12,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxshape.data.iterators import ArrayIterator
+from jaxshape.data.sources import make_data_iterator
+
 log = logging.getLogger("jaxshape.train")
 
 
@@ -39,3 +42,14 @@ def encode_dataset(task, frozen, epoch_iter, keep: tuple, cache: Path) -> dict:
     tmp.replace(cache)
     log.info("pre-encoded %d examples -> %s", n, cache)
     return arrays
+
+
+def pre_encoded_iterator(config, task, frozen, workdir: Path) -> ArrayIterator:
+    """Encode this process's shard once with the frozen VAE (``frozen``: the task's loaded frozen inputs; cached
+    in the workdir) and iterate over the latents and conditioning fields, shuffled per epoch."""
+    pi, pc = jax.process_index(), jax.process_count()
+    epoch = make_data_iterator(config.data, task.encoder_fields + task.cond_fields, task.family,
+                               process_index=pi, process_count=pc, one_epoch=True)
+    arrays = encode_dataset(task, jax.device_put(frozen), epoch, task.cond_fields,
+                            workdir / f"latents_process{pi}-of-{pc}.npz")
+    return ArrayIterator(arrays, config.data.batch_size // pc, seed=config.data.seed)

@@ -1,9 +1,13 @@
-"""The training loop: mesh -> data -> task -> sharded state -> jitted step -> logs, checkpoints, samples.
+"""The training loop of one stage: mesh · task · data · state · restore · step loop (logs, checkpoints, samples).
 
-``run(config, workdir)`` trains one stage; it resumes automatically from the newest checkpoint in
-``<workdir>/checkpoints`` (state, optimiser, EMA, rng and the data iterator position), so a killed run continues
-with the exact next batch. A non-finite loss stops the run with ``FloatingPointError`` before anything is saved
-from the bad step: the last good checkpoint stays intact.
+``run(config, workdir)`` trains the stage ``config.stage``; everything stage-specific is the task's
+(``jaxshape.trainer.tasks``). A run resumes automatically from the newest checkpoint in ``<workdir>/checkpoints``
+(state, optimiser, EMA, rng and the data iterator position), so a killed run continues with the exact next batch.
+
+Metrics stay on the device between log steps (fetching them every step would stall the host on every step). They
+are fetched, and every loss since the last fetch checked, on log steps and before anything is written: a
+non-finite loss stops the run with ``FloatingPointError`` before a checkpoint or a sample of the bad state exists,
+so the last good checkpoint stays intact.
 """
 from __future__ import annotations
 
@@ -20,11 +24,13 @@ import numpy as np
 import optax
 from flax import struct
 
+from jaxshape.geometry import save_shapes
+from jaxshape.models.store import write_workdir_models
 from jaxshape.trainer import sharding as shd
 from jaxshape.trainer.checkpoint import Checkpointer
 from jaxshape.trainer.metrics import MetricWriter
 from jaxshape.trainer.optim import ema_update, learning_rate_schedule, make_optimizer
-from jaxshape.trainer.tasks import make_task
+from jaxshape.trainer.tasks import Task, abstract, make_task
 
 log = logging.getLogger("jaxshape.train")
 
@@ -37,7 +43,7 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array
 
 
-def _config_dict(config) -> dict:
+def config_dict(config) -> dict:
     return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
 
 
@@ -47,84 +53,17 @@ def validate_config(config, mesh) -> None:
     bs = config.data.batch_size
     if bs < 1 or bs % n:
         raise ValueError(f"data.batch_size ({bs}) must be a positive multiple of the mesh size data x fsdp = {n}")
-    accum = config.get("grad_accum_steps", 1)
+    accum = config.grad_accum_steps
     if accum < 1 or bs % accum or (bs // accum) % n:
         raise ValueError(f"grad_accum_steps ({accum}) must divide data.batch_size ({bs}) into micro-batches that "
                          f"are multiples of the mesh size {n}")
     if bs % jax.process_count():
         raise ValueError(f"data.batch_size ({bs}) must be divisible by the process count {jax.process_count()}")
     for field in ("steps", "log_every", "ckpt_every"):
-        if config.get(field, 1) < 1:
-            raise ValueError(f"{field} must be >= 1, got {config.get(field)}")
+        if config[field] < 1:
+            raise ValueError(f"{field} must be >= 1, got {config[field]}")
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
-
-
-def _records_path(d, targets) -> str:
-    if d.source == "embedded":
-        from jaxshape.data.procedural import embedded_records
-
-        return embedded_records(d.num_shapes, targets=targets, resolution=d.resolution,
-                                points=d.get("points", 4096), seed=d.get("seed", 0))
-    if not d.path:
-        raise ValueError("data.path must name a folder written by `python -m jaxshape.data.prepare` "
-                         "when data.source='records'")
-    return d.path
-
-
-def make_data_iterator(config, task, process_index: int, process_count: int, *, fields=None,
-                       one_epoch: bool = False, mesh=None):
-    """This process's data iterator (global batch / process count examples per step). ``one_epoch``: a single
-    ordered pass over this process's shard (for pre-encoding), the last batch possibly short. With ``mesh``,
-    record batches are prefetched into device memory already batch-sharded."""
-    d = config.data
-    fields = tuple(fields or task.fields)
-    if d.source == "synthetic":
-        from jaxshape.trainer.synthetic import SyntheticIterator, make_example
-
-        kwargs = dict(d.get("synthetic", {}))
-        if one_epoch:
-            idx = list(range(process_index, d.num_examples, process_count))
-            local = d.batch_size // process_count
-
-            def epoch():
-                for i in range(0, len(idx), local):
-                    exs = [make_example(j, d.get("seed", 0), **kwargs) for j in idx[i:i + local]]
-                    yield {k: np.stack([e[k] for e in exs]) for k in fields}
-
-            return epoch()
-        return SyntheticIterator(d.batch_size, num_examples=d.get("num_examples", 64), seed=d.get("seed", 0),
-                                 process_index=process_index, process_count=process_count, fields=set(fields),
-                                 **kwargs)
-    if d.source in ("records", "embedded"):
-        from jaxshape.data.pipeline import AugmentConfig, DeviceIterator, make_dataset
-
-        path = _records_path(d, task.targets)
-        nq = d.get("num_queries", None)
-        a = d.augment
-        aug = AugmentConfig(mirror_p=a.mirror_p, rotate=a.rotate or None, occupancy_flips=a.occupancy_flips)
-        ds = make_dataset(path, d.batch_size // process_count, keys=fields, seed=d.get("seed", 0),
-                          shuffle=d.get("shuffle", True) and not one_epoch, process_index=process_index,
-                          process_count=process_count, num_queries=None if not nq else tuple(nq),
-                          augment=None if one_epoch else aug, worker_count=d.get("worker_count", 0),
-                          num_epochs=1 if one_epoch else None, drop_remainder=not one_epoch)
-        if one_epoch:
-            return iter(ds)
-        sharding = None if mesh is None else shd.batch_sharding(mesh)
-        return DeviceIterator(ds, sharding=sharding, buffer_size=d.get("prefetch", 2))
-    raise ValueError(f"data.source must be 'synthetic', 'records' or 'embedded', got {d.source!r}")
-
-
-def pre_encoded_iterator(config, task, workdir: Path):
-    """Encode this process's shard once with the frozen VAE (cached in the workdir) and iterate over it."""
-    from jaxshape.trainer.iterators import ArrayIterator
-    from jaxshape.trainer.latents import encode_dataset
-
-    pi, pc = jax.process_index(), jax.process_count()
-    epoch = make_data_iterator(config, task, pi, pc, fields=task.encoder_fields + task.cond_fields, one_epoch=True)
-    arrays = encode_dataset(task, jax.device_put(task.external_frozen()), epoch, task.cond_fields,
-                            workdir / f"latents_process{pi}-of-{pc}.npz")
-    return ArrayIterator(arrays, config.data.batch_size // pc, seed=config.data.get("seed", 0))
 
 
 def _peek(it) -> dict:
@@ -135,8 +74,11 @@ def _peek(it) -> dict:
     return batch
 
 
-def build_train_step(task, tx, config) -> Callable:
-    accum = config.get("grad_accum_steps", 1)
+def build_train_step(task: Task, tx, config) -> Callable:
+    """The pure, jittable ``(state, frozen, batch) -> (state, metrics)``: loss and gradients (accumulated over
+    ``grad_accum_steps`` micro-batches in a ``lax.scan``), the optimiser update and the EMA. Per-step randomness is
+    ``fold_in(state.rng, state.step)``, so a resumed run draws exactly what an uninterrupted one would."""
+    accum = config.grad_accum_steps
     schedule = learning_rate_schedule(config.optimizer)
 
     def train_step(state: TrainState, frozen, batch):
@@ -166,8 +108,9 @@ def build_train_step(task, tx, config) -> Callable:
     return train_step
 
 
-def _gather_to_host(tree):
-    """Host copies of (possibly multi-host sharded) arrays, identical on every process."""
+def gather_to_host(tree):
+    """Host copies of (possibly multi-host sharded) arrays, identical on every process (a collective: every
+    process must call it)."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
@@ -175,71 +118,93 @@ def _gather_to_host(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def _save_samples(task, outputs, directory: Path) -> list[str]:
-    from jaxshape.geometry import export_mesh, extract_mesh
-    from jaxshape.geometry.preview import save_preview
-    from jaxshape.geometry.voxels import voxel_field_mesh
+class _MetricBuffer:
+    """Per-step metrics kept on the device until :meth:`fetch`, which checks every loss since the last fetch."""
 
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, grid in enumerate(outputs):
-        if task.stage.startswith("ss_"):
-            v, f = voxel_field_mesh(grid)
-            np.save(directory / f"sample_{i}_occupancy.npy", (grid > 0))
-        else:
-            v, f = extract_mesh(grid)
-        if len(f) == 0:
-            log.warning("sample %d has an empty surface", i)
-            continue
-        export_mesh(v, f, directory / f"sample_{i}.glb", glb_up=True)
-        save_preview(v, f, directory / f"sample_{i}.png")
-        written.append(str(directory / f"sample_{i}.glb"))
-    return written
+    def __init__(self, checkpoints: Path):
+        self.checkpoints = checkpoints
+        self.pending: list = []  # (step, device metrics)
+        self.losses: list[float] = []
+        self.last_good: Optional[int] = None  # the newest checkpoint written
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+
+    def fetch(self) -> Optional[dict]:
+        """Host values of the newest step's metrics (``None`` if nothing is pending); raises
+        ``FloatingPointError`` at the first non-finite loss."""
+        if not self.pending:
+            return None
+        host = jax.device_get([m for _, m in self.pending])
+        for (step, _), m in zip(self.pending, host):
+            loss = float(m["loss"])
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint "
+                    f"(step {self.last_good}) in {self.checkpoints} is untouched; lower optimizer.lr or check "
+                    f"the data.")
+            self.losses.append(loss)
+        self.pending.clear()
+        return {k: float(v) for k, v in host[-1].items()}
+
+
+def write_samples(task: Task, params, frozen, rng, inputs, directory: Path) -> list[str]:
+    """Sample with ``params`` and write the shapes (``.glb``, ``.png``, arrays, ``samples.jsonl``)."""
+    outputs = task.sample(params, frozen, rng, {k: jnp.asarray(v) for k, v in inputs.items()})
+    infos = [{k: np.asarray(v)[i].item() for k, v in inputs.items() if np.ndim(v) == 1} for i in range(len(outputs))]
+    return save_shapes(task.to_meshes(outputs), directory, infos)
 
 
 def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Optional[int] = None) -> dict:
-    """Train one stage. Returns ``{"losses": [...], "step": final step, "samples": [...]}``.
+    """Train one stage. Returns ``{"losses": [...], "step", "samples": [...], "num_params", "state"}``.
 
     ``data_iter`` overrides the configured data source (tests); ``max_steps`` stops early (simulated kill).
     """
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
+
+    # ---- mesh: (data, fsdp) over the devices; the rules table maps parameter axes onto it
     mesh = mesh or shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     validate_config(config, mesh)
+    rules = shd.logical_rules(config.mesh.rules)
+
+    # ---- task: modules from the config (no I/O), then the frozen inputs it reads from disk (a trained VAE)
     task = make_task(config)
-    if data_iter is not None:
-        it = data_iter
-    elif config.get("pre_encode", False):
-        it = pre_encoded_iterator(config, task, workdir)
-    else:
-        it = make_data_iterator(config, task, jax.process_index(), jax.process_count(), mesh=mesh)
+    external = task.load_frozen()
+
+    # ---- data: this process's share of every global batch; the first batch fixes the shapes
+    it = data_iter if data_iter is not None else task.data_iterator(workdir, external, shd.batch_sharding(mesh))
     raw = _peek(it)
     task.validate({k: np.shape(v) for k, v in raw.items()})
     example = task.host_batch(raw, 0)
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(_config_dict(config), indent=2))
-
-    tx = make_optimizer(config.optimizer)
     example_global = {k: jax.ShapeDtypeStruct((config.data.batch_size,) + np.shape(v)[1:], np.asarray(v).dtype)
                       for k, v in example.items()}
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(config_dict(config), indent=2))
+        write_workdir_models(workdir, task.modules())
+
+    # ---- state: shapes first (nothing allocated), then an init jitted straight into the target shardings
+    tx = make_optimizer(config.optimizer)
+    external_shapes = abstract(external)
 
     def init_boxed(rng):
         k_init, k_train = jax.random.split(rng)
-        params, frozen = task.init(k_init, {k: jnp.zeros(s.shape, s.dtype) for k, s in example_global.items()})
+        zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in example_global.items()}
+        params = task.init(k_init, zeros, external_shapes)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                          opt_state=tx.init(params), rng=k_train), frozen
+                          opt_state=tx.init(params), rng=k_train)
 
-    abstract_state, abstract_frozen = jax.eval_shape(init_boxed, jax.random.key(config.seed))
-    state_sh = shd.shardings_from_boxed(abstract_state, mesh)
-    frozen_sh = shd.shardings_from_boxed(abstract_frozen, mesh)
-    init = jax.jit(lambda r: nn.meta.unbox(init_boxed(r)), out_shardings=(state_sh, frozen_sh))
-    state, frozen = init(jax.random.key(config.seed))
-    frozen = {**frozen, **jax.device_put(task.external_frozen(), shd.replicated(mesh))}
+    abstract_state = jax.eval_shape(init_boxed, jax.random.key(config.seed))
+    state_sh = shd.shardings_from_boxed(abstract_state, mesh, rules)
+    state = jax.jit(lambda r: nn.meta.unbox(init_boxed(r)), out_shardings=state_sh)(jax.random.key(config.seed))
+    # frozen inputs (buffers, a trained VAE) travel beside the state, replicated
+    frozen = jax.device_put({**task.frozen_variables(), **external}, shd.replicated(mesh))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
-    ckpt = Checkpointer(workdir / "checkpoints", every=config.ckpt_every, keep_last=config.get("keep_last", 2),
-                        keep_best=config.get("keep_best", 1), async_save=config.get("async_checkpointing", True))
+    # ---- restore: the newest checkpoint, straight into the target shardings (any mesh size)
+    ckpt = Checkpointer(workdir / "checkpoints", every=config.ckpt_every, keep_last=config.keep_last,
+                        keep_best=config.keep_best, async_save=config.async_checkpointing)
     start = ckpt.latest_step()
     if start is not None:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, state_sh)
@@ -247,62 +212,60 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
         log.info("resumed from step %d", start)
     start = int(start or 0)
 
+    # ---- step loop: jitted step with the state donated; metrics fetched on log steps and before any write
     step_fn = jax.jit(build_train_step(task, tx, config), donate_argnums=0,
                       out_shardings=(state_sh, shd.replicated(mesh)))
     writer = MetricWriter(workdir, enabled=is_main)
     total = config.steps if max_steps is None else min(config.steps, max_steps)
-    sample_batch = {k: np.asarray(v)[: config.get("num_samples", 2)] for k, v in example.items()}
-    if "class_label" in sample_batch and config.get("cond", None) is not None and config.cond.kind == "class":
-        sample_batch["class_label"] = (np.arange(len(sample_batch["class_label"])) % config.cond.num_classes
-                                       ).astype(np.int32)
-
-    losses, samples = [], []
+    sample_inputs = task.sample_inputs([raw], config.num_samples)
+    metrics_buf = _MetricBuffer(workdir / "checkpoints")
+    metrics_buf.last_good = start if ckpt.latest_step() is not None else None
+    samples: list[str] = []
     progress = None
-    if is_main and config.get("progress", True):
+    if is_main and config.progress:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total, initial=start, desc=config.stage, dynamic_ncols=True)
-    last_good = start if ckpt.latest_step() is not None else None
     t_last, n_last = time.perf_counter(), start
     try:
         for step in range(start, total):
             batch = shd.put_batch(task.host_batch(next(it), step), mesh)
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, metrics = step_fn(state, frozen, batch)
-            loss = float(metrics["loss"])
-            if not np.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss ({loss}) at step {step + 1}; stopping. The last good checkpoint "
-                    f"(step {last_good}) in {workdir / 'checkpoints'} is untouched; lower optimizer.lr or check "
-                    f"the data.")
-            losses.append(loss)
             done = step + 1
+            metrics_buf.add(done, metrics)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}")
-            if done % config.log_every == 0 or done == total:
+            log_now = done % config.log_every == 0 or done == total
+            save_now = ckpt.should_save(done) or done == total
+            sample_now = ((config.sample_every and done % config.sample_every == 0)
+                          or (done == config.steps and config.sample_at_end))
+            if not (log_now or save_now or sample_now):
+                continue
+            last = metrics_buf.fetch()
+            if log_now:
                 now = time.perf_counter()
-                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                scalars["step_time_s"] = (now - t_last) / max(done - n_last, 1)
+                scalars = dict(last, step_time_s=(now - t_last) / max(done - n_last, 1))
                 scalars["examples_per_s"] = config.data.batch_size / max(scalars["step_time_s"], 1e-9)
                 writer.write(done, scalars)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{last['loss']:.4f}")
                 t_last, n_last = now, done
-            if ckpt.save(done, state, it, loss=loss, force=(done == total)):
-                last_good = done
-            sample_every = config.get("sample_every", 0)
-            at_end = done == config.steps and config.get("sample_at_end", True)
-            if (sample_every and done % sample_every == 0) or at_end:
-                params, frz = _gather_to_host((state.ema_params, frozen))  # collective: every process calls it
+            if save_now and ckpt.save(done, state, it, loss=last["loss"], force=(done == total)):
+                metrics_buf.last_good = done
+
+            # ---- samples: EMA params, gathered to the host (a collective), written by the main process
+            if sample_now:
+                params, frz = gather_to_host((state.ema_params, frozen))
                 if is_main:
-                    outputs = task.sample(params, frz, jax.random.key(config.seed + done),
-                                          {k: jnp.asarray(v) for k, v in sample_batch.items()})
-                    samples = _save_samples(task, outputs, workdir / "samples" / f"step_{done:07d}")
-                    log.info("step %d: wrote %d samples to %s", done, len(samples),
-                             workdir / "samples" / f"step_{done:07d}")
+                    out_dir = workdir / "samples" / f"step_{done:07d}"
+                    samples = write_samples(task, params, frz, jax.random.key(config.seed + done), sample_inputs,
+                                            out_dir)
+                    log.info("step %d: wrote %d samples to %s", done, len(samples), out_dir)
     finally:
         ckpt.close()
         writer.close()
         if progress is not None:
             progress.close()
-    return {"losses": losses, "step": start + len(losses), "samples": samples, "num_params": n_params,
-            "state": state}
+    return {"losses": metrics_buf.losses, "step": start + len(metrics_buf.losses), "samples": samples,
+            "num_params": n_params, "state": state}

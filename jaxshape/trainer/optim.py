@@ -37,30 +37,30 @@ def adaptive_grad_clip(max_norm: float = 1.0, percentile: float = 95.0, buffer_s
 
 def learning_rate_schedule(cfg) -> optax.Schedule:
     """``constant`` (TRELLIS) or ``cosine`` with linear warm-up."""
-    kind = cfg.get("schedule", "constant")
+    kind = cfg.schedule
     if kind == "constant":
-        if cfg.get("warmup_steps", 0):
+        if cfg.warmup_steps:
             return optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
         return optax.constant_schedule(cfg.lr)
     if kind == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.get("warmup_steps", 0), 1),
-                                                  cfg.decay_steps, cfg.get("end_lr", 0.0))
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), cfg.decay_steps,
+                                                  cfg.end_lr)
     raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {kind!r}")
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
-    clip = cfg.get("clip", "global_norm")
+    """``config.optimizer`` (``jaxshape/trainer/defaults.py``) as clipping followed by AdamW."""
+    clip = cfg.clip
     if clip == "global_norm":
         clipper = optax.clip_by_global_norm(cfg.max_grad_norm)
     elif clip == "adaptive":
-        clipper = adaptive_grad_clip(cfg.max_grad_norm, cfg.get("clip_percentile", 95.0),
-                                     cfg.get("clip_buffer_size", 1000))
+        clipper = adaptive_grad_clip(cfg.max_grad_norm, cfg.clip_percentile, cfg.clip_buffer_size)
     elif clip in (None, "none"):
         clipper = optax.identity()
     else:
         raise ValueError(f"optimizer.clip must be 'global_norm', 'adaptive' or 'none', got {clip!r}")
-    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
-                        eps=cfg.get("eps", 1e-8), weight_decay=cfg.get("weight_decay", 0.0))
+    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay)
     return optax.chain(clipper, adamw)
 
 

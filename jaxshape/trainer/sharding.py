@@ -2,7 +2,8 @@
 
 Mesh axes ``("data", "fsdp")``: batches are split over both; parameters (and optimiser state, EMA) are sharded
 FSDP-style over ``"fsdp"`` along their ``embed`` / ``cond`` / ``conv_out`` axis. A dimension that the mesh axes
-do not divide evenly is replicated instead (small heads such as a 1-channel output conv).
+do not divide evenly is replicated instead (small heads such as a 1-channel output conv). The logical names are
+``jaxshape.nn.axes``; every one has a rule here, and a parameter with a name that has none is an error.
 """
 from __future__ import annotations
 
@@ -12,30 +13,51 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxshape.nn import axes
 
 MESH_AXES = ("data", "fsdp")
 
-# logical name -> mesh axes (None = replicated). Names not listed are replicated.
+# logical axis name (jaxshape.nn.axes) -> mesh axes (None = replicated): every name a parameter may carry is listed;
+# an unlisted name is an error at state creation. `config.mesh.rules` overrides entries.
 LOGICAL_RULES: tuple = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("cond", "fsdp"),
-    ("conv_out", "fsdp"),
-    ("points", None),
-    ("latent", None),
-    ("mlp", None),
-    ("heads", None),
-    ("head_dim", None),
-    ("mod", None),
-    ("layers", None),
-    ("norm", None),
-    ("patch", None),
-    ("freq", None),
-    ("embed_out", None),
-    ("conv_k", None),
-    ("conv_in", None),
+    (axes.BATCH, ("data", "fsdp")),
+    (axes.EMBED, "fsdp"),
+    (axes.COND, "fsdp"),
+    (axes.CONV_OUT, "fsdp"),
+    (axes.POINTS, None),
+    (axes.LATENT, None),
+    (axes.MLP, None),
+    (axes.HEADS, None),
+    (axes.HEAD_DIM, None),
+    (axes.MOD, None),
+    (axes.LAYERS, None),
+    (axes.NORM, None),
+    (axes.PATCH, None),
+    (axes.FREQ, None),
+    (axes.EMBED_OUT, None),
+    (axes.CONV_K, None),
+    (axes.CONV_IN, None),
 )
+assert {name for name, _ in LOGICAL_RULES} == set(axes.ALL)
+
+
+def logical_rules(overrides=()) -> tuple:
+    """:data:`LOGICAL_RULES` with ``overrides`` (``(name, mesh axes or None)`` pairs, e.g. ``config.mesh.rules``)
+    replacing or adding entries; mesh axes must be names of :data:`MESH_AXES`."""
+    table = dict(LOGICAL_RULES)
+    for entry in overrides:
+        if len(entry) != 2:
+            raise ValueError(f"mesh.rules entries must be (logical name, mesh axes) pairs, got {entry!r}")
+        name, target = entry
+        targets = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+        bad = [t for t in targets if t not in MESH_AXES]
+        if bad:
+            raise ValueError(f"mesh.rules: {name!r} maps to unknown mesh axes {bad}; the mesh axes are {MESH_AXES}")
+        table[name] = target if target is None or isinstance(target, str) else tuple(target)
+    return tuple(table.items())
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -54,36 +76,72 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
-def _mesh_axes_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules) -> P:
-    table = dict(rules)
+def _mesh_axes_for(names: Sequence[str | None], shape: Sequence[int], mesh_shape: dict, table: dict) -> P:
     used: set = set()
     spec = []
     for name, dim in zip(names, shape):
-        axes = table.get(name) if name is not None else None
-        if axes is None:
+        target = table[name] if name is not None else None
+        if target is None:
             spec.append(None)
             continue
-        axes = (axes,) if isinstance(axes, str) else tuple(axes)
-        axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
-        size = math.prod(mesh.shape[a] for a in axes)
-        if not axes or dim % size:
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        targets = tuple(a for a in targets if a not in used and mesh_shape[a] > 1)
+        size = math.prod(mesh_shape[a] for a in targets)
+        if not targets or dim % size:
             spec.append(None)
             continue
-        used.update(axes)
-        spec.append(axes[0] if len(axes) == 1 else axes)
+        used.update(targets)
+        spec.append(targets[0] if len(targets) == 1 else targets)
     return P(*spec)
 
 
+def _is_boxed(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def partition_specs(tree: Any, mesh_shape: dict, rules=LOGICAL_RULES) -> Any:
+    """PartitionSpecs for a pytree whose leaves may be ``nn.LogicallyPartitioned`` (abstract or concrete), on a
+    mesh of ``mesh_shape`` (``{axis: size}``; a real or an abstract mesh). A dimension the mesh axes do not divide
+    is replicated; unannotated leaves are replicated. A logical name without a rule raises, naming the parameters
+    that carry it."""
+    table = dict(rules)
+    unknown: dict = {}
+
+    def check(path, x):
+        for name in x.names:
+            if name is not None and name not in table:
+                unknown.setdefault(name, []).append(jax.tree_util.keystr(path))
+
+    jax.tree_util.tree_map_with_path(lambda p, x: check(p, x) if _is_boxed(x) else None, tree, is_leaf=_is_boxed)
+    if unknown:
+        listing = "; ".join(f"{n!r} on {', '.join(ps[:3])}{' ...' if len(ps) > 3 else ''}" for n, ps in unknown.items())
+        raise ValueError(f"logical axis name(s) without a sharding rule: {listing}. Add them to jaxshape.nn.axes and "
+                         f"LOGICAL_RULES, or map them with config.mesh.rules")
+
+    def leaf_spec(x):
+        if _is_boxed(x):
+            return _mesh_axes_for(x.names, x.value.shape, mesh_shape, table)
+        return P()
+
+    return jax.tree.map(leaf_spec, tree, is_leaf=_is_boxed)
+
+
 def shardings_from_boxed(tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
-    """NamedShardings for a pytree whose leaves may be ``nn.LogicallyPartitioned`` (abstract or concrete);
-    unannotated leaves are replicated."""
+    """NamedShardings of :func:`partition_specs` on ``mesh``."""
+    specs = partition_specs(tree, dict(mesh.shape), rules)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
-    def leaf_sharding(x):
-        if isinstance(x, nn.LogicallyPartitioned):
-            return NamedSharding(mesh, _mesh_axes_for(x.names, x.value.shape, mesh, rules))
-        return NamedSharding(mesh, P())
 
-    return jax.tree.map(leaf_sharding, tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+def replicated_bytes(tree: Any, mesh_shape: dict, rules=LOGICAL_RULES) -> tuple[int, int]:
+    """``(bytes of fully replicated leaves, total bytes)`` of a boxed (abstract) pytree on a mesh of that shape."""
+    specs = partition_specs(tree, mesh_shape, rules)
+    values = jax.tree.map(lambda x: x.value if _is_boxed(x) else x, tree, is_leaf=_is_boxed)
+    rep = tot = 0
+    for v, s in zip(jax.tree.leaves(values), jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))):
+        n = math.prod(v.shape) * np.dtype(v.dtype).itemsize
+        tot += n
+        rep += n if all(a is None for a in s) else 0
+    return rep, tot
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

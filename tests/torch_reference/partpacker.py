@@ -428,15 +428,15 @@ class Model(nn.Module):
         return h
 
     def query(self, query_points: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-        """query_points [B,Q,3] (float32), hidden_states = decode(z) -> prediction [B,Q] (float32).
+        """query_points [B,Q,3] (float32), hidden_states = decode(z) -> prediction [B,Q,1] (float32), as upstream.
 
-        Unlike upstream `query` (returns [B,Q,1] and leaves `norm_query_context` to its callers), this applies
-        `norm_query_context` itself when `use_flash_query` and squeezes + casts to float32 like the callers do."""
+        Unlike upstream `query` (which leaves `norm_query_context` to its callers), this applies
+        `norm_query_context` itself when `use_flash_query`, and casts to float32 like the callers do."""
         if self.config.use_flash_query:
             hidden_states = self.norm_query_context(hidden_states)
         q = self.proj_query(self.fourier_encoding(query_points))
         o = self.attn_query(q, hidden_states)
-        return self.proj_out(self.norm_out(o)).squeeze(-1).float()
+        return self.proj_out(self.norm_out(o)).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------

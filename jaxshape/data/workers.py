@@ -1,0 +1,127 @@
+"""Crash-tolerant parallel workers of ``python -m jaxshape.data.prepare``: one mesh per worker process at a time.
+
+Each mesh runs in a spawned process, so a crash of a native library (segfault) or a hang (``timeout``) costs only
+that mesh: the worker is replaced and the mesh is reported as failed ("worker_crashed" / "timeout").
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from multiprocessing.connection import wait
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .mesh_io import MeshError
+from .records import encode_example
+from .targets import TargetConfig, config_from_json, mesh_example
+
+PrepJob = Tuple[str, str, int]  # (mesh id, path, class label): one mesh to prepare
+
+
+def _load_features(features_dir, mid, path):
+    if not features_dir:
+        return None
+    for name in (mid, os.path.splitext(os.path.basename(path))[0]):
+        fp = os.path.join(features_dir, name + ".npy")
+        if os.path.exists(fp):
+            return {"cond_features": np.load(fp)}
+    return None
+
+
+def run_job(job: PrepJob, cfg: TargetConfig, seed: int, features_dir: Optional[str]):
+    """One mesh -> ``("ok", id, record bytes, stats)`` or ``("error", id, reason, detail)``; never raises."""
+    mid, path, label = job
+    try:
+        ex, stats = mesh_example(path, cfg, seed, mid, label, _load_features(features_dir, mid, path))
+        ex["source"] = os.path.abspath(path)
+        return ("ok", mid, encode_example(ex), stats)
+    except MeshError as e:
+        return ("error", mid, e.reason, e.detail[:500])
+    except MemoryError:
+        return ("error", mid, "out_of_memory", "")
+    except Exception as e:  # any other failure is still one row, not a crash
+        return ("error", mid, "exception", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-800:]}")
+
+
+def _worker_main(conn, cfg_json, seed, features_dir):
+    cfg = config_from_json(cfg_json)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        conn.send(run_job(tuple(job), cfg, seed, features_dir))
+
+
+class WorkerPool:
+    """Minimal crash-tolerant process pool: one job per worker at a time; a dead/hung worker is replaced and its
+    job reported as failed."""
+
+    def __init__(self, n, cfg_json, seed, features_dir, timeout):
+        self.ctx = mp.get_context("spawn")
+        self.args = (cfg_json, seed, features_dir)
+        self.timeout = timeout
+        self.workers = [self._spawn() for _ in range(n)]
+
+    def _spawn(self):
+        a, b = self.ctx.Pipe()
+        p = self.ctx.Process(target=_worker_main, args=(b, *self.args), daemon=True)
+        p.start()
+        b.close()
+        return {"proc": p, "conn": a, "job": None, "t0": 0.0}
+
+    def run(self, jobs):
+        """Yields result tuples (see :func:`run_job`) as they finish."""
+        todo = list(jobs)[::-1]
+        while todo or any(w["job"] for w in self.workers):
+            for w in self.workers:
+                if w["job"] is None and todo:
+                    w["job"] = todo.pop()
+                    w["t0"] = time.time()
+                    w["conn"].send(w["job"])
+            busy = [w for w in self.workers if w["job"] is not None]
+            ready = wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy], timeout=1.0)
+            for i, w in enumerate(self.workers):
+                if w["job"] is None:
+                    continue
+                res = None
+                if w["conn"] in ready:
+                    try:
+                        res = w["conn"].recv()
+                    except (EOFError, OSError):
+                        res = None
+                if res is not None:
+                    w["job"] = None
+                    yield res
+                    continue
+                dead = not w["proc"].is_alive()
+                hung = self.timeout and time.time() - w["t0"] > self.timeout
+                if dead or hung or w["conn"] in ready:
+                    mid = w["job"][0]
+                    if hung and not dead:
+                        w["proc"].kill()
+                    w["proc"].join(5)
+                    reason = "timeout" if (hung and not dead) else "worker_crashed"
+                    detail = f"exit code {w['proc'].exitcode}" if reason == "worker_crashed" else \
+                        f"> {self.timeout} s"
+                    self.workers[i] = self._spawn()
+                    yield ("error", mid, reason, detail)
+
+    def close(self):
+        for w in self.workers:
+            try:
+                w["conn"].send(None)
+            except Exception:
+                pass
+        for w in self.workers:
+            w["proc"].join(5)
+            if w["proc"].is_alive():
+                w["proc"].kill()
