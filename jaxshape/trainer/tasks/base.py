@@ -1,0 +1,269 @@
+"""The task protocol: :class:`Task` (what a training stage trains, reads, optimises and samples) and
+:class:`FlowTask` (the rectified-flow wiring every flow stage shares, with the hooks each family defines)."""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import ClassVar, Iterable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxshape import flow
+from jaxshape.data.sources import make_data_iterator
+from jaxshape.geometry import Shape
+from jaxshape.models import build
+from jaxshape.nn import LabelConditioner
+from jaxshape.trainer.checkpoint import load_frozen_models
+from jaxshape.trainer.latents import pre_encoded_iterator
+
+VECSET_INPUT_KEYS = ("pointcloud", "pointcloud_dorases", "fps_indices", "fps_indices_dorases")
+
+
+def build_model(cls_name: str, args, config) -> nn.Module:
+    """A model from its config block; the stage's compute ``dtype`` overrides the model's unless fp32."""
+    overrides = {} if config.dtype in ("", "float32") else {"dtype": jnp.dtype(config.dtype)}
+    return build(cls_name, dict(args), **overrides)
+
+
+def _first(batches: Iterable[dict], fields: tuple, n: int) -> dict:
+    """The first ``n`` examples of ``fields`` over ``batches`` (fewer if the batches run out)."""
+    parts, have = [], 0
+    for b in batches:
+        parts.append({k: np.asarray(b[k]) for k in fields})
+        have += len(parts[-1][fields[0]])
+        if have >= n:
+            break
+    if not parts:
+        raise ValueError(f"no examples to sample from (fields {fields})")
+    return {k: np.concatenate([p[k] for p in parts])[:n] for k in fields}
+
+
+class Task(abc.ABC):
+    """One training stage: its modules, batch fields, loss, samples and their meshes.
+
+    The loop calls, in order: the constructor (modules from ``config``; no disk I/O), :meth:`load_frozen` (frozen
+    inputs from disk), :meth:`validate` on the first batch's shapes, :meth:`init`, then :meth:`host_batch` and
+    :meth:`loss` every step, and :meth:`sample_inputs` / :meth:`sample` / :meth:`to_meshes` when it writes samples.
+    """
+
+    stage: ClassVar[str]
+    family: ClassVar[str]  # jaxshape.families: which targets its data carries
+
+    def __init__(self, config):
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def fields(self) -> tuple:
+        """The batch fields :meth:`loss` reads."""
+
+    @property
+    @abc.abstractmethod
+    def sample_fields(self) -> tuple:
+        """The fields :meth:`sample_inputs` takes from data (``()``: samples need no data)."""
+
+    @abc.abstractmethod
+    def modules(self) -> dict:
+        """The trained models by their key in the parameter tree (recorded in the workdir for
+        ``jaxshape.models.load``)."""
+
+    def load_frozen(self) -> dict:
+        """Frozen inputs read from disk (a trained VAE), as a pytree of arrays; the loop places it beside the
+        state. Default: none."""
+        return {}
+
+    def data_iterator(self, workdir: Path, external: dict, sharding=None):
+        """This process's endless, checkpointable training iterator (``config.data``; ``jaxshape.data.sources``)."""
+        return make_data_iterator(self.config.data, self.fields, self.family, process_index=jax.process_index(),
+                                  process_count=jax.process_count(), sharding=sharding)
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array, batch: dict, external: dict) -> dict:
+        """The trainable parameters, for a batch of zeros shaped like the data; ``external`` is
+        :meth:`load_frozen`'s output (use it abstractly: shapes only)."""
+
+    def frozen_variables(self) -> dict:
+        """Non-trainable variables of the trained models, computed from the config alone (e.g. TRELLIS's
+        ``pos_emb`` buffer); they sit beside :meth:`load_frozen`'s output in ``frozen``. Default: none."""
+        return {}
+
+    @abc.abstractmethod
+    def loss(self, params: dict, frozen: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+        """``(scalar loss, metrics)`` of one (micro-)batch; pure, jitted by the loop."""
+
+    def sample_inputs(self, batches: Iterable[dict], n: int) -> dict:
+        """The inputs of :meth:`sample` for ``n`` shapes, from host batches of data (read lazily)."""
+        return _first(batches, self.sample_fields, n)
+
+    @abc.abstractmethod
+    def sample(self, params: dict, frozen: dict, rng: jax.Array, inputs: dict, progress=None) -> list:
+        """One output per shape (decoded grids) for ``inputs``: reconstructions (VAE) or generations (flow).
+        ``progress(k)``, if given, is called as work is done (flows: once per Euler step)."""
+
+    @abc.abstractmethod
+    def to_meshes(self, outputs: list) -> list[Shape]:
+        """The :meth:`sample` outputs as meshes."""
+
+    def host_batch(self, batch: dict, step: int) -> dict:
+        """Host-side per-step batch edits (shapes must stay in a small finite set: each one compiles once)."""
+        return {k: batch[k] for k in self.fields}
+
+    def validate(self, batch_shapes: dict) -> None:
+        missing = [k for k in self.fields if k not in batch_shapes]
+        if missing:
+            raise ValueError(f"stage {self.stage}: the data has no field(s) {missing}; it provides "
+                             f"{sorted(batch_shapes)}")
+
+
+
+class FlowTask(Task):
+    """A rectified-flow stage on the latents of a frozen VAE: conditioning, CFG dropout, the flow MSE and the
+    Euler/CFG sampler are shared; each family defines the hooks below."""
+
+    # the frozen VAE's parts: {role: model class}, read from `vae_checkpoint` by load_frozen
+    vae_parts: ClassVar[dict]
+
+    def __init__(self, config):
+        super().__init__(config)
+        c = config.cond
+        if c.kind not in ("class", "features"):
+            raise ValueError(f"cond.kind must be 'class' or 'features', got {c.kind!r}")
+        self.vae: Optional[dict] = None  # role -> module, set by load_frozen
+
+    def _init_conditioner(self, channels: int) -> None:
+        c = self.config.cond
+        self.conditioner = LabelConditioner(c.num_classes, channels, c.tokens) if c.kind == "class" else None
+
+    @property
+    def cond_fields(self) -> tuple:
+        return ("class_label",) if self.config.cond.kind == "class" else ("cond_features",)
+
+    @property
+    def fields(self) -> tuple:
+        return (("latent",) if self.config.pre_encode else self.encoder_fields) + self.cond_fields
+
+    @property
+    def sample_fields(self) -> tuple:
+        return () if self.config.cond.kind == "class" else ("cond_features",)
+
+    def modules(self):
+        return {"model": self.model}
+
+    def load_frozen(self):
+        loaded = load_frozen_models(self.config.vae_checkpoint, self.vae_parts, self.stage)
+        self.vae = {role: module for role, (module, _) in loaded.items()}
+        self.check_vae()
+        return {"vae": {role: variables for role, (_, variables) in loaded.items()}}
+
+    def data_iterator(self, workdir, external, sharding=None):
+        """With ``pre_encode``: the dataset encoded once by the frozen VAE (cached in the workdir)."""
+        if self.config.pre_encode:
+            return pre_encoded_iterator(self.config, self, external, workdir)
+        return super().data_iterator(workdir, external, sharding)
+
+    def _vae(self, role: str) -> nn.Module:
+        if self.vae is None:
+            raise RuntimeError(f"{type(self).__name__}.load_frozen() must run before the frozen VAE is used")
+        return self.vae[role]
+
+    # -- the family hooks
+
+    encoder_fields: ClassVar[tuple]  # the data fields the frozen VAE encodes
+
+    @abc.abstractmethod
+    def check_vae(self) -> None:
+        """Raise if the loaded VAE does not fit the flow model (latent width, grid size)."""
+
+    @property
+    @abc.abstractmethod
+    def cond_channels(self) -> int:
+        """Width of the condition tokens the model takes."""
+
+    @abc.abstractmethod
+    def latents(self, frozen: dict, batch: dict) -> jax.Array:
+        """The clean latents ``x0`` of a batch (pre-encoded ``latent``, or the frozen VAE's posterior means)."""
+
+    @abc.abstractmethod
+    def init_model(self, rng, x0, t, cond) -> dict:
+        """The flow model's parameters."""
+
+    @abc.abstractmethod
+    def noising(self, rng, x0) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(x_t, velocity target, model time)`` of the family's flow convention."""
+
+    @abc.abstractmethod
+    def velocity(self, params, frozen, x, t, cond) -> jax.Array:
+        """The model's velocity prediction."""
+
+    @abc.abstractmethod
+    def latent_shape(self, frozen: dict) -> tuple:
+        """Shape of one latent (what the sampler starts from as noise)."""
+
+    @abc.abstractmethod
+    def sampler_args(self) -> dict:
+        """Keyword arguments of ``jaxshape.flow.euler_sample`` (time grid, guidance, convention)."""
+
+    @abc.abstractmethod
+    def decode(self, frozen: dict, z: jax.Array) -> list:
+        """Decoded grids (one per shape) of sampled latents."""
+
+    # -- shared flow wiring
+
+    def condition(self, params, batch, rng, drop: bool):
+        c = self.config.cond
+        if c.kind == "class":
+            labels = batch["class_label"].astype(jnp.int32)
+            if drop:
+                labels = jnp.where(jax.random.uniform(rng, labels.shape) < c.p_uncond, c.num_classes, labels)
+            return self.conditioner.apply({"params": params["conditioner"]}, labels)
+        feats = batch["cond_features"].astype(jnp.float32)
+        if drop:
+            feats = flow.cfg_dropout(rng, feats, jnp.zeros_like(feats[:1]), c.p_uncond)
+        return feats
+
+    def uncondition(self, params, batch_size: int, like=None):
+        c = self.config.cond
+        if c.kind == "class":
+            return self.conditioner.apply({"params": params["conditioner"]},
+                                          jnp.full((batch_size,), c.num_classes, jnp.int32))
+        return jnp.zeros_like(like)
+
+    def init(self, rng, batch, external):
+        k_model, k_cond = jax.random.split(rng)
+        x0 = jax.eval_shape(self.latents, external, batch)
+        b = x0.shape[0]
+        params = {}
+        if self.conditioner is not None:
+            params["conditioner"] = self.conditioner.init(k_cond, jnp.zeros((b,), jnp.int32))["params"]
+            cond = jnp.zeros((b, self.config.cond.tokens, self.cond_channels))
+        else:
+            cond = batch["cond_features"].astype(jnp.float32)
+        params["model"] = self.init_model(k_model, jnp.zeros(x0.shape, jnp.float32), jnp.zeros((b,)), cond)
+        return params
+
+    def loss(self, params, frozen, batch, rng):
+        kn, kc = jax.random.split(rng)
+        x0 = self.latents(frozen, batch)
+        x_t, target, t = self.noising(kn, x0)
+        pred = self.velocity(params, frozen, x_t, t, self.condition(params, batch, kc, drop=True))
+        loss = flow.mse(pred, target)
+        return loss, {"mse": loss}
+
+    def sample_inputs(self, batches, n):
+        """Class labels ``0, 1, ..., n - 1`` (mod ``num_classes``), or the first ``n`` examples' features."""
+        if self.config.cond.kind == "class":
+            return {"class_label": (np.arange(n) % self.config.cond.num_classes).astype(np.int32)}
+        return super().sample_inputs(batches, n)
+
+    def sample(self, params, frozen, rng, inputs, progress=None):
+        """Generations for ``inputs`` (labels or features); ``progress(steps done)`` is called per Euler step."""
+        inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+        b = inputs[self.cond_fields[0]].shape[0]
+        cond = self.condition(params, inputs, rng, drop=False)
+        noise = jax.random.normal(rng, (b,) + tuple(self.latent_shape(frozen)))
+        z = flow.euler_sample(lambda x, t, c: self.velocity(params, frozen, x, t, c), noise, cond,
+                              self.uncondition(params, b, cond), progress=progress, **self.sampler_args())
+        return self.decode(frozen, z)
