@@ -67,11 +67,10 @@ def sample(workdir: str | Path, *, stage: Optional[str] = None, num: int = 8, cf
     import jax
     import jax.numpy as jnp
     import ml_collections
-    import numpy as np
 
     from jaxshape.geometry import save_shapes
     from jaxshape.models.store import checkpoint_steps, read_train_params
-    from jaxshape.trainer.tasks import FlowTask, make_task
+    from jaxshape.trainer.tasks import FlowTask, input_infos, make_task
 
     if num < 1 or batch_size < 1:
         raise ValueError(f"--num ({num}) and --batch-size ({batch_size}) must be >= 1")
@@ -119,8 +118,7 @@ def sample(workdir: str | Path, *, stage: Optional[str] = None, num: int = 8, cf
             bar.refresh()
     if bar is not None:
         bar.close()
-    infos = [{"step": step, "seed": seed, "ema": ema, **{k: np.asarray(v)[j].item() for k, v in inputs.items()
-                                                          if np.ndim(v) == 1}} for j in range(n)]
+    infos = [{"step": step, "seed": seed, "ema": ema, **info} for info in input_infos(inputs, n)]
     written = save_shapes(task.to_meshes(outputs), out, infos)
     log.info("wrote %d meshes (%d shapes) to %s", len(written), n, out)
     return written

@@ -30,7 +30,7 @@ from jaxshape.trainer import sharding as shd
 from jaxshape.trainer.checkpoint import Checkpointer
 from jaxshape.trainer.metrics import MetricWriter
 from jaxshape.trainer.optim import ema_update, learning_rate_schedule, make_optimizer
-from jaxshape.trainer.tasks import Task, abstract, make_task
+from jaxshape.trainer.tasks import Task, abstract, input_infos, make_task
 
 log = logging.getLogger("jaxshape.train")
 
@@ -151,8 +151,7 @@ class _MetricBuffer:
 def write_samples(task: Task, params, frozen, rng, inputs, directory: Path) -> list[str]:
     """Sample with ``params`` and write the shapes (``.glb``, ``.png``, arrays, ``samples.jsonl``)."""
     outputs = task.sample(params, frozen, rng, {k: jnp.asarray(v) for k, v in inputs.items()})
-    infos = [{k: np.asarray(v)[i].item() for k, v in inputs.items() if np.ndim(v) == 1} for i in range(len(outputs))]
-    return save_shapes(task.to_meshes(outputs), directory, infos)
+    return save_shapes(task.to_meshes(outputs), directory, input_infos(inputs, len(outputs)))
 
 
 def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Optional[int] = None) -> dict:

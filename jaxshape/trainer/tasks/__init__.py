@@ -23,12 +23,12 @@ import jax
 import numpy as np
 
 from jaxshape.families import STAGES
-from jaxshape.trainer.tasks.base import VECSET_INPUT_KEYS, FlowTask, Task
+from jaxshape.trainer.tasks.base import VECSET_INPUT_KEYS, FlowTask, Task, input_infos
 from jaxshape.trainer.tasks.sparse_structure import SSFlowTask, SSVAETask, occupancy_shapes
 from jaxshape.trainer.tasks.vecset import VecSetFlowTask, VecSetVAETask, tsdf_shapes
 
 __all__ = ["STAGES", "TASKS", "VECSET_INPUT_KEYS", "FlowTask", "SSFlowTask", "SSVAETask", "Task", "VecSetFlowTask",
-           "VecSetVAETask", "abstract", "make_task", "occupancy_shapes", "tsdf_shapes"]
+           "VecSetVAETask", "abstract", "input_infos", "make_task", "occupancy_shapes", "tsdf_shapes"]
 
 TASKS: dict[str, type[Task]] = {t.stage: t for t in (SSVAETask, SSFlowTask, VecSetVAETask, VecSetFlowTask)}
 assert tuple(TASKS) == STAGES
@@ -42,6 +42,6 @@ def make_task(config) -> Task:
 
 def abstract(tree: Any) -> Any:
     """``jax.ShapeDtypeStruct`` leaves of a pytree of arrays."""
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype if not hasattr(a, "dtype")
-                                                       else a.dtype), tree)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), getattr(a, "dtype", None) or np.asarray(a).dtype),
+                        tree)
 

@@ -41,6 +41,11 @@ def _first(batches: Iterable[dict], fields: tuple, n: int) -> dict:
     return {k: np.concatenate([p[k] for p in parts])[:n] for k in fields}
 
 
+def input_infos(inputs: dict, n: int) -> list[dict]:
+    """Per shape, the scalar sample inputs it was made from (e.g. ``{"class_label": 3}``), for ``samples.jsonl``."""
+    return [{k: np.asarray(v)[i].item() for k, v in inputs.items() if np.ndim(v) == 1} for i in range(n)]
+
+
 class Task(abc.ABC):
     """One training stage: its modules, batch fields, loss, samples and their meshes.
 
