@@ -25,6 +25,7 @@ setup(
         "scikit-image>=0.22",
         "pillow>=10",
         "tensorboardX>=2.6",
+        "matplotlib>=3.8",  # python -m jaxshape.evaluate: metric curves
         # data pipeline
         "grain>=0.2.18",
         "array_record>=0.8",
@@ -47,6 +48,7 @@ setup(
         "console_scripts": [
             "jaxshape-convert=jaxshape.convert.cli:main",
             "jaxshape-sample=jaxshape.sample:main",
+            "jaxshape-evaluate=jaxshape.evaluate:main",
         ],
     },
 )

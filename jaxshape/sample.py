@@ -50,6 +50,34 @@ def find_stage_dir(workdir: str | Path, stage: Optional[str] = None) -> Path:
     raise ValueError(f"{root} holds several stages {sorted(found)}; pick one with --stage")
 
 
+def stage_config(stage_dir: Path, *, cfg: Optional[float] = None, steps: Optional[int] = None):
+    """A stage workdir's ``config.json`` as a ConfigDict, with a flow stage's guidance strength (``cfg``) and Euler
+    steps (``steps``) overridden where given."""
+    import ml_collections
+
+    config = ml_collections.ConfigDict(json.loads((Path(stage_dir) / "config.json").read_text()))
+    if cfg is not None or steps is not None:
+        if "cfg_strength" not in config.get("sampler", {}):
+            raise ValueError(f"--cfg / --steps apply to flow stages; {stage_dir} trained {config.stage}")
+        if cfg is not None:
+            config.sampler.cfg_strength = float(cfg)
+        if steps is not None:
+            if steps < 1:
+                raise ValueError(f"--steps must be >= 1, got {steps}")
+            config.sampler.steps = int(steps)
+    return config
+
+
+def newest_or(stage_dir: Path, step: Optional[int] = None) -> int:
+    """``step``, or the newest checkpoint of a stage workdir (an error if it holds none)."""
+    from jaxshape.models.store import checkpoint_steps
+
+    saved = checkpoint_steps(Path(stage_dir) / "checkpoints")
+    if not saved:
+        raise FileNotFoundError(f"{Path(stage_dir) / 'checkpoints'} holds no checkpoint: train the stage first")
+    return saved[-1] if step is None else int(step)
+
+
 def _lazy_batches(config, task) -> Iterator[dict]:
     """An ordered pass over the stage's data (built on first use: class-conditioned flows never read data)."""
     from jaxshape.data.sources import make_data_iterator
@@ -66,30 +94,17 @@ def sample(workdir: str | Path, *, stage: Optional[str] = None, num: int = 8, cf
     Returns the ``.glb`` paths written (a shape whose surface is empty gets arrays but no mesh)."""
     import jax
     import jax.numpy as jnp
-    import ml_collections
 
     from jaxshape.geometry import save_shapes
-    from jaxshape.models.store import checkpoint_steps, read_train_params
+    from jaxshape.models.store import read_train_params
     from jaxshape.trainer.tasks import FlowTask, input_infos, make_task
 
     if num < 1 or batch_size < 1:
         raise ValueError(f"--num ({num}) and --batch-size ({batch_size}) must be >= 1")
     stage_dir = find_stage_dir(workdir, stage)
-    config = ml_collections.ConfigDict(json.loads((stage_dir / "config.json").read_text()))
+    config = stage_config(stage_dir, cfg=cfg, steps=steps)
     task = make_task(config)
-    if cfg is not None or steps is not None:
-        if not isinstance(task, FlowTask):
-            raise ValueError(f"--cfg / --steps apply to flow stages; {stage_dir} trained {config.stage}")
-        if cfg is not None:
-            config.sampler.cfg_strength = float(cfg)
-        if steps is not None:
-            if steps < 1:
-                raise ValueError(f"--steps must be >= 1, got {steps}")
-            config.sampler.steps = int(steps)
-    saved = checkpoint_steps(stage_dir / "checkpoints")
-    if not saved:
-        raise FileNotFoundError(f"{stage_dir / 'checkpoints'} holds no checkpoint: train the stage first")
-    step = saved[-1] if checkpoint_step is None else int(checkpoint_step)
+    step = newest_or(stage_dir, checkpoint_step)
     out = Path(out) if out is not None else stage_dir / "samples" / f"cli_step_{step:07d}_seed_{seed}"
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out (nothing is overwritten)")

@@ -123,21 +123,22 @@ def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, sh
                  num_epochs: Optional[int] = None, process_index: Optional[int] = None,
                  process_count: Optional[int] = None, augment: Optional[AugmentConfig] = None,
                  num_queries: Optional[Sequence[int]] = None, keys: Optional[Sequence[str]] = None,
-                 drop_remainder: bool = True, worker_count: int = 0):
+                 drop_remainder: bool = True, worker_count: int = 0, split: str = "all", holdout: float = 0.0):
     """grain ``IterDataset`` of host-local batches (numpy).  ``batch_size`` is the per-process batch.
 
     ``family``: a family name (``jaxshape.families``: the fields of :data:`FAMILY_KEYS`) or ``"all"``; ``keys``
     overrides it. ``num_queries=(n_volume, n_near, n_sharp)`` draws that many queries per group per example;
-    ``num_epochs=None`` repeats forever."""
+    ``num_epochs=None`` repeats forever. ``split`` / ``holdout``: which side of the held-out split to read
+    (:class:`jaxshape.data.records.RecordSource`)."""
     import grain
 
     if process_index is None or process_count is None:
         import jax
 
         process_index, process_count = jax.process_index(), jax.process_count()
-    src = RecordSource(roots)
+    src = RecordSource(roots, split=split, holdout=holdout)
     if len(src) == 0:
-        raise ValueError(f"no prepared examples under {roots}")
+        raise ValueError(f"no prepared examples under {roots}" + (f" in split {split!r}" if split != "all" else ""))
     if keys is None and family != "all" and family not in FAMILY_KEYS:
         raise ValueError(f"family must be one of {tuple(FAMILY_KEYS)} or 'all', got {family!r}")
     keys = tuple(keys) if keys is not None else (
@@ -155,6 +156,22 @@ def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, sh
     if worker_count > 0:
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it_ds
+
+
+def read_spread(roots, n: int, keys: Sequence[str], *, split: str = "all", holdout: float = 0.0,
+                num_queries: Optional[Sequence[int]] = None, seed: int = 0) -> dict:
+    """``n`` examples spread evenly over the id-ordered records (every class of a class-ordered set is drawn), in
+    an order whose every prefix is spread as well, stacked as ``{key: array [n, ...]}``, with this pipeline's key
+    selection and (seeded) query subsampling and no augmentation. Fewer if the split holds fewer."""
+    src = RecordSource(roots, split=split, holdout=holdout)
+    if len(src) == 0:
+        raise ValueError(f"no prepared examples under {roots}" + (f" in split {split!r}" if split != "all" else ""))
+    idx = np.unique(np.linspace(0, len(src) - 1, min(n, len(src))).round().astype(np.int64))
+    # golden-ratio order: every prefix is spread too (the first k of the n drawn cover the set)
+    idx = idx[np.argsort((np.arange(len(idx)) * 0.6180339887498949) % 1.0, kind="stable")]
+    tf = _Transform(keys, None if num_queries is None else tuple(num_queries), None)
+    exs = [tf(src[int(i)], np.random.default_rng([seed, int(i)])) for i in idx]
+    return {k: np.stack([e[k] for e in exs]) for k in keys}
 
 
 class DeviceIterator:

@@ -77,11 +77,31 @@ def list_shards(root: str):
     return [os.path.join(root, s) for s, _ in read_shard_index(root)]
 
 
+SPLITS = ("all", "train", "holdout")
+
+
+def holdout_mask(ids, fraction: float) -> np.ndarray:
+    """Which examples are held out for evaluation: ``crc32(id) / 2³² < fraction`` (bool ``[len(ids)]``).
+
+    A stable hash of the id, so the split does not depend on record order, sharding or which other meshes a folder
+    holds: a mesh stays on its side when the dataset grows."""
+    import zlib
+
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    return np.array([zlib.crc32(str(i).encode()) / 2.0 ** 32 < fraction for i in ids], bool).reshape(-1)
+
+
 class RecordSource:
     """grain ``RandomAccessDataSource`` over a prepared directory (or several); examples ordered by id, so the order
-    does not depend on worker scheduling.  ``__getitem__`` returns the decoded dict of numpy arrays."""
+    does not depend on worker scheduling.  ``__getitem__`` returns the decoded dict of numpy arrays.
 
-    def __init__(self, roots, keys=None):
+    ``split``: ``"all"``, or ``"train"`` / ``"holdout"``: the examples outside / inside :func:`holdout_mask` of
+    ``holdout`` (the fraction held out for evaluation)."""
+
+    def __init__(self, roots, keys=None, split: str = "all", holdout: float = 0.0):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if isinstance(roots, (str, os.PathLike)):
             roots = [roots]
         self._paths = []
@@ -92,6 +112,9 @@ class RecordSource:
                 self._paths.append(os.path.join(os.fspath(root), shard))
                 entries += [(i, si, k) for k, i in enumerate(ids)]
         entries.sort()
+        if split != "all":
+            held = holdout_mask([e[0] for e in entries], holdout)
+            entries = [e for e, h in zip(entries, held) if h == (split == "holdout")]
         self._ids = [e[0] for e in entries]
         self._loc = np.array([(e[1], e[2]) for e in entries], np.int64).reshape(-1, 2)
         self._readers = {}

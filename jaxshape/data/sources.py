@@ -41,10 +41,17 @@ def augment_config(data):
     return AugmentConfig(mirror_p=a.mirror_p, rotate=a.rotate or None, occupancy_flips=a.occupancy_flips)
 
 
-def _synthetic_epoch(data, fields, process_index: int, process_count: int) -> Iterator[dict]:
+def synthetic_holdout_count(data) -> int:
+    """Held-out synthetic examples: indices ``num_examples ..`` (never trained on), ``holdout`` of the set."""
+    return max(1, round(data.holdout * data.num_examples))
+
+
+def _synthetic_epoch(data, fields, process_index: int, process_count: int, split: str) -> Iterator[dict]:
     from .synthetic import synthetic_example
 
-    idx = list(range(process_index, data.num_examples, process_count))
+    lo, hi = (data.num_examples, data.num_examples + synthetic_holdout_count(data)) if split == "holdout" \
+        else (0, data.num_examples)
+    idx = list(range(lo + process_index, hi, process_count))
     local = data.batch_size // process_count
     for i in range(0, len(idx), local):
         exs = [synthetic_example(j, data.seed, **dict(data.synthetic)) for j in idx[i:i + local]]
@@ -52,7 +59,7 @@ def _synthetic_epoch(data, fields, process_index: int, process_count: int) -> It
 
 
 def make_data_iterator(data, fields: Sequence[str], family: str, *, process_index: int, process_count: int,
-                       one_epoch: bool = False, sharding=None):
+                       one_epoch: bool = False, sharding=None, split: str = "train", num_queries=None):
     """This process's iterator over the stage's data.
 
     Args:
@@ -63,6 +70,9 @@ def make_data_iterator(data, fields: Sequence[str], family: str, *, process_inde
       one_epoch: a single ordered pass over this process's shard, no augmentation, the last batch possibly short
         (for pre-encoding or sampling); otherwise an endless shuffled, augmented, checkpointable iterator.
       sharding: with records, batches are prefetched into device memory with this (global-batch) sharding.
+      split: ``"train"`` (everything outside the held-out split ``data.holdout``) or ``"holdout"`` (evaluation:
+        the shapes whose id hashes into the held-out fraction; synthetic: fresh indices past ``num_examples``).
+      num_queries: overrides ``data.num_queries`` (vecset ``(volume, near, sharp)`` queries per example).
 
     Returns:
       An iterator of ``{field: array [local batch, ...]}``; the endless one has ``get_state`` / ``set_state``.
@@ -70,9 +80,16 @@ def make_data_iterator(data, fields: Sequence[str], family: str, *, process_inde
     if data.source not in SOURCES:
         raise ValueError(f"data.source must be one of {SOURCES}, got {data.source!r}")
     fields = tuple(fields)
+    if split not in ("train", "holdout"):
+        raise ValueError(f"split must be 'train' or 'holdout', got {split!r}")
+    if split == "holdout" and not data.holdout > 0:
+        raise ValueError("evaluating on held-out shapes needs data.holdout > 0 (the fraction of shapes kept out of "
+                         "training)")
     if data.source == "synthetic":
         if one_epoch:
-            return _synthetic_epoch(data, fields, process_index, process_count)
+            return _synthetic_epoch(data, fields, process_index, process_count, split)
+        if split == "holdout":
+            raise ValueError("the held-out split is read one epoch at a time (one_epoch=True)")
         from .synthetic import SyntheticIterator
 
         return SyntheticIterator(data.batch_size, num_examples=data.num_examples, seed=data.seed,
@@ -80,12 +97,14 @@ def make_data_iterator(data, fields: Sequence[str], family: str, *, process_inde
                                  **dict(data.synthetic))
     from .pipeline import DeviceIterator, make_dataset
 
-    nq: Optional[tuple] = tuple(data.num_queries) if data.num_queries else None
+    nq = num_queries if num_queries is not None else data.num_queries
+    nq: Optional[tuple] = tuple(nq) if nq else None
     ds = make_dataset(records_path(data, family), data.batch_size // process_count, keys=fields, seed=data.seed,
                       shuffle=data.shuffle and not one_epoch, process_index=process_index,
                       process_count=process_count, num_queries=nq, augment=None if one_epoch else augment_config(data),
                       worker_count=data.worker_count, num_epochs=1 if one_epoch else None,
-                      drop_remainder=not one_epoch)
+                      drop_remainder=not one_epoch, split="all" if not data.holdout else split,
+                      holdout=data.holdout)
     if one_epoch:
         return iter(ds)
     return DeviceIterator(ds, sharding=sharding, buffer_size=data.prefetch)

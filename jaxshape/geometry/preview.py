@@ -14,6 +14,18 @@ def _rotation(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
     return rx @ rz
 
 
+def _project(points, frame_points, rot, size: int):
+    """Pixel columns, rows and depths (larger is nearer) of ``points`` rotated by ``rot``, framed so that
+    ``frame_points`` fill 5/6 of the image."""
+    p = points @ rot.T
+    centre = (frame_points.max(0) + frame_points.min(0)) / 2 @ rot.T
+    extent = max(np.ptp(frame_points, axis=0).max(), 1e-9) * 0.6
+    xy = ((p[:, :2] - centre[:2]) / extent * 0.5 + 0.5) * (size - 1)
+    ix = np.clip(np.round(xy[:, 0]).astype(np.int64), 0, size - 1)
+    iy = np.clip(np.round((size - 1) - xy[:, 1]).astype(np.int64), 0, size - 1)
+    return ix, iy, p[:, 2]
+
+
 def render_view(vertices, faces, size: int = 192, azimuth: float = 35.0, elevation: float = -60.0,
                 samples: int = 200_000, seed: int = 0) -> np.ndarray:
     """``[size, size]`` uint8 grey image of the mesh seen along the rotated -z axis (z-up object frame)."""
@@ -36,14 +48,8 @@ def render_view(vertices, faces, size: int = 192, azimuth: float = 35.0, elevati
     t = tri[fid]
     pts = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + w[:, None] * (t[:, 2] - t[:, 0])
     rot = _rotation(azimuth, elevation)
-    p = pts @ rot.T
+    ix, iy, depth = _project(pts, v, rot, size)
     nn_ = n[fid] @ rot.T
-    centre = (v.max(0) + v.min(0)) / 2 @ rot.T
-    extent = max(np.ptp(v, axis=0).max(), 1e-9) * 0.6
-    xy = ((p[:, :2] - centre[:2]) / extent * 0.5 + 0.5) * (size - 1)
-    ix = np.clip(np.round(xy[:, 0]).astype(np.int64), 0, size - 1)
-    iy = np.clip(np.round((size - 1) - xy[:, 1]).astype(np.int64), 0, size - 1)
-    depth = p[:, 2]
     shade = np.abs(nn_[:, 2]) * 0.75 + 0.2  # two-sided Lambert toward the viewer
     order = np.argsort(depth)  # farthest first: later writes (nearer) win
     pix = iy[order] * size + ix[order]
@@ -61,3 +67,22 @@ def save_preview(vertices, faces, path: str | Path, size: int = 192) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(views, axis=1)).save(path)
     return path
+
+
+def render_points(points, size: int = 192, azimuth: float = 35.0, elevation: float = -60.0) -> np.ndarray:
+    """``[size, size]`` uint8 grey image of a point set seen as :func:`render_view` sees a mesh (nearer darker),
+    for shapes known only by surface samples (vecset references)."""
+    img = np.full((size, size), 255, np.uint8)
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    if len(p) == 0:
+        return img
+    ix, iy, d = _project(p, p, _rotation(azimuth, elevation), size)
+    shade = 0.75 - 0.6 * (d - d.min()) / max(np.ptp(d), 1e-9)  # larger d is nearer: near dark, far light
+    order = np.argsort(d)
+    val = np.clip(shade[order] * 255, 0, 255).astype(np.uint8)
+    r = 1 if len(p) * 40 < size * size else 0  # sparse sets: 3x3 splats
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            yy, xx = np.clip(iy[order] + dy, 0, size - 1), np.clip(ix[order] + dx, 0, size - 1)
+            img.reshape(-1)[yy * size + xx] = val
+    return img

@@ -155,7 +155,8 @@ def write_samples(task: Task, params, frozen, rng, inputs, directory: Path) -> l
 
 
 def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Optional[int] = None) -> dict:
-    """Train one stage. Returns ``{"losses": [...], "step", "samples": [...], "num_params", "state"}``.
+    """Train one stage. Returns ``{"losses": [...], "step", "samples": [...], "num_params", "state",
+    "evaluations": [{"step", "eval/...": value}, ...]}`` (evaluations on held-out shapes: ``config.eval``).
 
     ``data_iter`` overrides the configured data source (tests); ``max_steps`` stops early (simulated kill).
     """
@@ -220,6 +221,12 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
     metrics_buf = _MetricBuffer(workdir / "checkpoints")
     metrics_buf.last_good = start if ckpt.latest_step() is not None else None
     samples: list[str] = []
+    evaluator = None
+    if config.data.holdout > 0 and (config.eval.every or config.eval.at_end):
+        from jaxshape.trainer.evaluation import Evaluator
+
+        evaluator = Evaluator(task, config) if is_main else None
+    evaluations: list[dict] = []
     progress = None
     if is_main and config.progress:
         from tqdm.auto import tqdm
@@ -239,7 +246,9 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
             save_now = ckpt.should_save(done) or done == total
             sample_now = ((config.sample_every and done % config.sample_every == 0)
                           or (done == config.steps and config.sample_at_end))
-            if not (log_now or save_now or sample_now):
+            eval_now = config.data.holdout > 0 and ((config.eval.every and done % config.eval.every == 0)
+                                                    or (done == config.steps and config.eval.at_end))
+            if not (log_now or save_now or sample_now or eval_now):
                 continue
             last = metrics_buf.fetch()
             if log_now:
@@ -261,10 +270,23 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
                     samples = write_samples(task, params, frz, jax.random.key(config.seed + done), sample_inputs,
                                             out_dir)
                     log.info("step %d: wrote %d samples to %s", done, len(samples), out_dir)
+
+            # ---- evaluation on held-out shapes (main process, EMA params on the host)
+            if eval_now:
+                t_eval = time.perf_counter()
+                params, frz = gather_to_host((state.ema_params, frozen))
+                if is_main:
+                    with_samples = done == config.steps or bool(
+                        config.eval.sample_every and done % config.eval.sample_every == 0)
+                    scalars, _ = evaluator(params, frz, with_samples=with_samples)
+                    writer.write(done, scalars)
+                    evaluations.append({"step": done, **scalars})
+                    log.info("step %d: %s", done, ", ".join(f"{k[5:]} {v:.4g}" for k, v in scalars.items()))
+                t_last += time.perf_counter() - t_eval  # the evaluation's time is not a training step's
     finally:
         ckpt.close()
         writer.close()
         if progress is not None:
             progress.close()
     return {"losses": metrics_buf.losses, "step": start + len(metrics_buf.losses), "samples": samples,
-            "num_params": n_params, "state": state}
+            "num_params": n_params, "state": state, "evaluations": evaluations}

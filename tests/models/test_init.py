@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxshape.models import SparseStructureEncoder, SparseStructureFlowModel
 
@@ -25,8 +26,7 @@ def test_flow_init_statistics_and_zero_output():
     qkv_per_block = p["blocks"]["self_attn"]["to_qkv"]["kernel"]
     assert not np.allclose(qkv_per_block[0], qkv_per_block[1])
     np.testing.assert_array_equal(np.asarray(m.apply(v, x, t, c)), 0.0)
-
-
+@pytest.mark.slow
 def test_vae_init_matches_torch_defaults():
     m = SparseStructureEncoder(in_channels=1, latent_channels=4, num_res_blocks=1, channels=[16, 32])
     v = nn.meta.unbox(m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 8, 1)))["params"])

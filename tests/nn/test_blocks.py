@@ -79,8 +79,7 @@ def test_conv3d_module_formulation_field_keeps_params_and_numbers():
         assert max_rel_err(Conv3d(5, 3, formulation=f).apply(v, x), ref) <= 2e-6
     with pytest.raises(ValueError, match="unknown conv formulation"):
         conv3d_same(x, v["params"]["kernel"], "fft")
-
-
+@pytest.mark.slow
 def test_unrolled_layer_stack_equals_scanned_stack():
     """``scan_unroll`` changes the program, not the model: the same parameter tree, outputs and gradients."""
     kw = dict(hidden_dim=32, num_heads=2, latent_size=16, latent_dim=8, num_layers=3, qknorm=True,

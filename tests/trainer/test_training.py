@@ -18,6 +18,7 @@ from tests.tiny_configs import tiny_config as _cfg
 from tests.utils import REPO
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["ss_vae", "ss_flow", "vecset_vae", "vecset_flow"])
 def test_eight_devices_match_one_device(stage, vae_dirs, tmp_path):
     assert len(jax.devices()) == 8
@@ -56,8 +57,7 @@ def _cli(workdir, steps, stage="ss_vae", extra=()):
 def _logged_losses(workdir):
     rows = [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows}
-
-
+@pytest.mark.slow
 def test_kill_and_resume_is_bit_exact(tmp_path):
     """6 steps straight == 3 steps, a new process, 3 more: identical loss sequence, bit for bit."""
     _cli(tmp_path / "straight", 6, extra=["--config.ckpt_every=3"])
@@ -173,8 +173,7 @@ def test_pre_encoded_latents_give_the_same_training(stage, vae_dirs, tmp_path):
     assert len(cache) == 1
     with np.load(cache[0]) as z:
         assert z["latent"].shape[0] == 16 and z["class_label"].shape == (16,)
-
-
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     """Multi-host on one machine: 2 processes x 2 CPU devices (jax.distributed, gloo collectives on loopback),
     each reading its own half of every batch, give the losses of 1 process x 4 devices."""

@@ -116,12 +116,39 @@ class Task(abc.ABC):
         """Host-side per-step batch edits (shapes must stay in a small finite set: each one compiles once)."""
         return {k: batch[k] for k in self.fields}
 
+    # -- evaluation on held-out shapes (jaxshape.trainer.evaluation)
+
+    reference_fields: ClassVar[tuple]  # the data fields a reference shape is made of
+
+    @property
+    def eval_fields(self) -> tuple:
+        """The fields of a held-out example the evaluation reads."""
+        return tuple(dict.fromkeys(self.sample_fields + self.reference_fields))
+
+    def eval_num_queries(self, n: int):
+        """Vecset queries of a held-out example: ``None`` (the stage reads none) or ``(volume, near, sharp)``."""
+        return None
+
+    @abc.abstractmethod
+    def reference_points(self, examples: dict, n: int, seed: int) -> np.ndarray:
+        """``[S, n, 3]`` surface samples of held-out examples' true shapes in the unit-cube frame
+        (``jaxshape.eval``), seeded per shape by ``seed + i``."""
+
     def validate(self, batch_shapes: dict) -> None:
         missing = [k for k in self.fields if k not in batch_shapes]
         if missing:
             raise ValueError(f"stage {self.stage}: the data has no field(s) {missing}; it provides "
                              f"{sorted(batch_shapes)}")
 
+
+
+class VAETask(Task):
+    """A VAE stage: its evaluation reconstructs held-out shapes from the posterior mean (what a flow decodes)."""
+
+    @abc.abstractmethod
+    def reconstruct(self, params: dict, frozen: dict, examples: dict) -> tuple[list, np.ndarray]:
+        """``(outputs, iou [S])``: :meth:`sample`-style decoded grids of the posterior means of ``examples`` and
+        each shape's volume IoU against its true occupancy."""
 
 
 class FlowTask(Task):
@@ -196,8 +223,17 @@ class FlowTask(Task):
         """The flow model's parameters."""
 
     @abc.abstractmethod
+    def draw_t(self, rng, batch: int) -> jax.Array:
+        """Training times ``[batch]`` in the family's convention (TRELLIS t, PartPacker σ; 0 = data, 1 = noise)."""
+
+    @abc.abstractmethod
+    def noise_at(self, x0, noise, t) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(x_t, velocity target, model time)`` at times ``t [B]`` of the family's flow convention."""
+
     def noising(self, rng, x0) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(x_t, velocity target, model time)`` of the family's flow convention."""
+        """:meth:`noise_at` at times from :meth:`draw_t` with fresh Gaussian noise."""
+        kt, kn = jax.random.split(rng)
+        return self.noise_at(x0, jax.random.normal(kn, x0.shape), self.draw_t(kt, x0.shape[0]))
 
     @abc.abstractmethod
     def velocity(self, params, frozen, x, t, cond) -> jax.Array:
@@ -248,6 +284,26 @@ class FlowTask(Task):
             cond = batch["cond_features"].astype(jnp.float32)
         params["model"] = self.init_model(k_model, jnp.zeros(x0.shape, jnp.float32), jnp.zeros((b,)), cond)
         return params
+
+    @property
+    def eval_fields(self) -> tuple:
+        return tuple(dict.fromkeys(self.encoder_fields + self.cond_fields + self.reference_fields))
+
+    def bucket_losses(self, params, frozen, batch, rng, times) -> jax.Array:
+        """The flow MSE of ``batch`` at each fixed time of ``times`` (``[T]``), with one fixed noise draw per
+        example (``fold_in(rng, i)``) and the condition kept (no CFG dropout): the SD3 / MaxDiffusion evaluation
+        protocol. Returns ``[T]``."""
+        x0 = self.latents(frozen, batch)
+        # example i's noise from fold_in(rng, i): the same whatever the batch it is evaluated in
+        noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), x0.shape[1:]))(
+            jnp.arange(x0.shape[0]))
+        cond = self.condition(params, batch, rng, drop=False)
+
+        def one(t):
+            x_t, target, mt = self.noise_at(x0, noise, jnp.full((x0.shape[0],), t, jnp.float32))
+            return flow.mse(self.velocity(params, frozen, x_t, mt, cond), target)
+
+        return jax.lax.map(one, jnp.asarray(times, jnp.float32))
 
     def loss(self, params, frozen, batch, rng):
         kn, kc = jax.random.split(rng)

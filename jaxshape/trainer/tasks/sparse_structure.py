@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshape import flow, losses
+from jaxshape.eval import occupancy_to_points, volume_iou
 from jaxshape.families import SPARSE_STRUCTURE, SS_FLOW, SS_VAE
 from jaxshape.geometry import Shape, voxel_field_mesh
 from jaxshape.models.store import non_param_collections
-from jaxshape.trainer.tasks.base import FlowTask, Task, build_model
+from jaxshape.trainer.tasks.base import FlowTask, VAETask, build_model
 
 
 def occupancy_shapes(logits: list) -> list[Shape]:
@@ -23,7 +24,20 @@ def occupancy_shapes(logits: list) -> list[Shape]:
     return out
 
 
-class SSVAETask(Task):
+def occupancy_reference_points(examples: dict, n: int, seed: int) -> np.ndarray:
+    """Surface samples ``[S, n, 3]`` (unit cube = TRELLIS's frame) of held-out occupancy grids."""
+    occ = np.asarray(examples["occupancy"])[..., 0] > 0.5
+    return np.stack([occupancy_to_points(o, n, seed=seed + i, bound=0.5)[0] for i, o in enumerate(occ)])
+
+
+class _SparseStructureEval:
+    reference_fields = ("occupancy",)
+
+    def reference_points(self, examples, n, seed):
+        return occupancy_reference_points(examples, n, seed)
+
+
+class SSVAETask(_SparseStructureEval, VAETask):
     stage = SS_VAE
     family = SPARSE_STRUCTURE
     fields = ("occupancy",)
@@ -66,8 +80,16 @@ class SSVAETask(Task):
     def to_meshes(self, outputs):
         return occupancy_shapes(outputs)
 
+    def reconstruct(self, params, frozen, examples):
+        if not hasattr(self, "_recon"):
+            self._recon = jax.jit(lambda p, x: self.decoder.apply(
+                {"params": p["decoder"]}, self.encoder.apply({"params": p["encoder"]}, x))[..., 0])
+        logits = list(np.asarray(self._recon(params, jnp.asarray(examples["occupancy"], jnp.float32))))
+        occ = np.asarray(examples["occupancy"])[..., 0] > 0.5
+        return logits, np.asarray(volume_iou(np.stack(logits) > 0, occ))
 
-class SSFlowTask(FlowTask):
+
+class SSFlowTask(_SparseStructureEval, FlowTask):
     stage = SS_FLOW
     family = SPARSE_STRUCTURE
     vae_parts = {"encoder": "SparseStructureEncoder", "decoder": "SparseStructureDecoder"}
@@ -105,11 +127,12 @@ class SSFlowTask(FlowTask):
     def velocity(self, params, frozen, x, t, cond):
         return self.model.apply({"params": params["model"], "buffers": frozen["buffers"]}, x, t, cond)
 
-    def noising(self, rng, x0):
-        kt, kn = jax.random.split(rng)
+    def draw_t(self, rng, batch):
         f = self.config.flow
-        t = flow.sample_t_trellis(kt, x0.shape[0], f.t_schedule, f.mean, f.std)
-        x_t, target = flow.trellis_noising(x0, jax.random.normal(kn, x0.shape), t, f.sigma_min)
+        return flow.sample_t_trellis(rng, batch, f.t_schedule, f.mean, f.std)
+
+    def noise_at(self, x0, noise, t):
+        x_t, target = flow.trellis_noising(x0, noise, t, self.config.flow.sigma_min)
         return x_t, target, 1000.0 * t
 
     def latent_shape(self, frozen):

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshape import flow, losses
-from jaxshape.families import VECSET, VECSET_FLOW, VECSET_VAE
+from jaxshape.eval import to_unit_cube, volume_iou
+from jaxshape.families import FAMILIES, VECSET, VECSET_FLOW, VECSET_VAE
 from jaxshape.geometry import Shape, extract_mesh
 from jaxshape.models.vecset_vae import decode_grids, posterior
-from jaxshape.trainer.tasks.base import VECSET_INPUT_KEYS, FlowTask, Task, build_model
+from jaxshape.trainer.tasks.base import VECSET_INPUT_KEYS, FlowTask, VAETask, build_model
 
 
 def tsdf_shapes(grids: list) -> list[Shape]:
@@ -18,7 +19,25 @@ def tsdf_shapes(grids: list) -> list[Shape]:
     return [Shape(*extract_mesh(g)) for g in grids]
 
 
-class VecSetVAETask(Task):
+def pointcloud_reference_points(examples: dict, n: int, seed: int) -> np.ndarray:
+    """``[S, n, 3]`` of held-out examples' stored surface points (``pointcloud``, drawn without replacement when
+    there are more, with it when fewer), mapped to the unit cube."""
+    pc = np.asarray(examples["pointcloud"], np.float32)
+    out = []
+    for i, p in enumerate(pc):
+        rng = np.random.default_rng(seed + i)
+        out.append(p[rng.choice(len(p), n, replace=n > len(p))])
+    return np.asarray(to_unit_cube(np.stack(out), FAMILIES[VECSET].mesh_bound))
+
+
+class _VecsetEval:
+    reference_fields = ("pointcloud",)
+
+    def reference_points(self, examples, n, seed):
+        return pointcloud_reference_points(examples, n, seed)
+
+
+class VecSetVAETask(_VecsetEval, VAETask):
     stage = VECSET_VAE
     family = VECSET
     fields = VECSET_INPUT_KEYS + ("query_points", "query_gt")
@@ -83,8 +102,33 @@ class VecSetVAETask(Task):
     def to_meshes(self, outputs):
         return tsdf_shapes(outputs)
 
+    @property
+    def eval_fields(self):
+        return tuple(dict.fromkeys(super().eval_fields + ("query_points", "query_gt")))
 
-class VecSetFlowTask(FlowTask):
+    def eval_num_queries(self, n):
+        return (n, 0, 0)  # uniform volume queries only: their signs give the volume IoU
+
+    def reconstruct(self, params, frozen, examples):
+        """Grids of the posterior means, and the sign IoU at the examples' (uniform volume) query points."""
+        v = {"params": params["model"]}
+        inputs = self._cut(examples, max(self.model.cutoff_fps_point), max(self.model.cutoff_fps_salient_point)) \
+            if self.config.progressive_cutoff else examples
+        data = {k: jnp.asarray(inputs[k]) for k in VECSET_INPUT_KEYS}
+        if not hasattr(self, "_recon"):
+            def recon(v, data, queries):
+                mean, _ = self.model.apply(v, data, method="encode")
+                hidden = self.model.apply(v, mean, method="decode")
+                return mean, self.model.apply(v, queries, hidden, method="query")[..., 0]
+
+            self._recon = jax.jit(recon)
+        mean, pred = self._recon(v, data, jnp.asarray(examples["query_points"]))
+        iou = volume_iou(np.asarray(pred) > 0, np.asarray(examples["query_gt"]) > 0)
+        grids = decode_grids(self.model, v, mean, self.config.sampler.grid_resolution)
+        return grids, np.asarray(iou)
+
+
+class VecSetFlowTask(_VecsetEval, FlowTask):
     stage = VECSET_FLOW
     family = VECSET
     vae_parts = {"vae": "VecSetVAE"}
@@ -134,12 +178,13 @@ class VecSetFlowTask(FlowTask):
     def velocity(self, params, frozen, x, t, cond):
         return self.model.apply({"params": params["model"]}, x, cond, t)
 
-    def noising(self, rng, x0):
-        kt, kn = jax.random.split(rng)
+    def draw_t(self, rng, batch):
         f = self.config.flow
-        sigma, t = flow.sample_sigma_partpacker(kt, x0.shape[0], f.mean, f.std, f.shift)
-        x_t, target = flow.partpacker_noising(x0, jax.random.normal(kn, x0.shape), sigma)
-        return x_t, target, t
+        return flow.sample_sigma_partpacker(rng, batch, f.mean, f.std, f.shift)[0]
+
+    def noise_at(self, x0, noise, sigma):
+        x_t, target = flow.partpacker_noising(x0, noise, sigma)
+        return x_t, target, 1000.0 * sigma
 
     def latent_shape(self, frozen):
         return (sum(self.latent_tokens()), self.model.latent_dim)
