@@ -88,14 +88,6 @@ def load_meshes(folder: str | Path, normalize: str = "bbox") -> tuple[list, list
     return shapes, infos, [p.name for p in files]
 
 
-def _reference_points_fn(family: str):
-    from jaxshape.families import SPARSE_STRUCTURE
-    from jaxshape.trainer.tasks.sparse_structure import occupancy_reference_points
-    from jaxshape.trainer.tasks.vecset import pointcloud_reference_points
-
-    return occupancy_reference_points if family == SPARSE_STRUCTURE else pointcloud_reference_points
-
-
 def _records_family(reference: str, family: Optional[str]) -> str:
     from jaxshape.families import FAMILIES
 
@@ -118,6 +110,7 @@ def evaluate_meshes(meshes: str | Path, reference: str, *, family: Optional[str]
     from jaxshape.eval.protocol import generation_report, shape_surface_points
     from jaxshape.families import FAMILIES, SPARSE_STRUCTURE
     from jaxshape.trainer.evaluation import REFERENCE_SEED_OFFSET
+    from jaxshape.trainer.tasks import REFERENCE_POINTS
 
     family = _records_family(reference, family)
     shapes, infos, names = load_meshes(meshes, normalize)
@@ -130,7 +123,7 @@ def evaluate_meshes(meshes: str | Path, reference: str, *, family: Optional[str]
         if sum(len(p["class_label"]) for p in parts) >= num_reference:
             break
     examples = {k: np.concatenate([p[k] for p in parts])[:num_reference] for k in fields}
-    refs = _reference_points_fn(family)(examples, set_points, REFERENCE_SEED_OFFSET + seed)
+    refs = REFERENCE_POINTS[family](examples, set_points, REFERENCE_SEED_OFFSET + seed)
     pts, empty = shape_surface_points(shapes, set_points, bound=0.5, seed=seed)  # already unit cube
     requested = [i.get("class_label") for i in infos]
     kw = {}

@@ -15,12 +15,12 @@ from jaxshape.data.records import RecordSource, holdout_mask
 from jaxshape.data.targets import TargetConfig
 from jaxshape.eval import occupancy_to_points, pairwise_chamfer, shape_metrics
 from jaxshape.eval.protocol import shape_surface_points
-from jaxshape.evaluate import _reference_points_fn, evaluate_meshes, evaluate_workdir, main, write_report
+from jaxshape.evaluate import evaluate_meshes, evaluate_workdir, main, write_report
 from jaxshape.geometry import save_shapes
 from jaxshape.models.store import read_train_params
 from jaxshape.trainer.evaluation import REFERENCE_SEED_OFFSET, Evaluator, heldout_examples
 from jaxshape.trainer.loop import run
-from jaxshape.trainer.tasks import make_task
+from jaxshape.trainer.tasks import REFERENCE_POINTS, make_task
 from jaxshape.trainer.tasks.sparse_structure import occupancy_shapes
 from tests.tiny_configs import tiny_config
 from tests.trainer.conftest import one_device
@@ -160,7 +160,7 @@ def test_evaluate_meshes_of_the_references_themselves(records, tmp_path):
     assert rep["family"] == "sparse_structure" and rep["nearest"] == list(range(10))
     assert rep["metrics"]["class_consistency"] == 1.0 and rep["metrics"]["cov_cd"] == 1.0
     # MMD is then the mean Chamfer between two independent surface draws of each shape (the sampling floor)
-    refs = _reference_points_fn("sparse_structure")({"occupancy": np.stack([e["occupancy"] for e in exs])}, 512,
+    refs = REFERENCE_POINTS["sparse_structure"]({"occupancy": np.stack([e["occupancy"] for e in exs])}, 512,
                                                     REFERENCE_SEED_OFFSET)
     own, _ = shape_surface_points(shapes, 512, bound=0.5, seed=0)
     d = np.asarray(pairwise_chamfer(own, refs), np.float64)

@@ -27,6 +27,9 @@ from jaxshape.trainer.tasks.base import VECSET_INPUT_KEYS, FlowTask, Task, input
 from jaxshape.trainer.tasks.sparse_structure import SSFlowTask, SSVAETask, occupancy_shapes
 from jaxshape.trainer.tasks.vecset import VecSetFlowTask, VecSetVAETask, tsdf_shapes
 
+# each family's reference shapes for evaluation, by family name (the stages' `reference_points`)
+REFERENCE_POINTS = {t.family: t.reference_points for t in (SSVAETask, VecSetVAETask)}
+
 __all__ = ["STAGES", "TASKS", "VECSET_INPUT_KEYS", "FlowTask", "SSFlowTask", "SSVAETask", "Task", "VecSetFlowTask",
            "VecSetVAETask", "abstract", "input_infos", "make_task", "occupancy_shapes", "tsdf_shapes"]
 
