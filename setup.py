@@ -38,11 +38,14 @@ setup(
     extras_require={
         # torch must be the CPU build: install it first with `pip install torch==2.13.0`
         # (a bare `torch` requirement resolves to a multi-GB CUDA build).
-        "test": ["pytest>=8", "torch>=2.4"],
-        "dev": ["pytest>=8", "torch>=2.4", "ruff==0.17.6"],
+        # transformers: the DINOv2 / DINOv3 parity oracle (models built from configs; nothing is downloaded)
+        "test": ["pytest>=8", "torch>=2.4", "transformers>=4.56"],
+        "dev": ["pytest>=8", "torch>=2.4", "transformers>=4.56", "ruff==0.17.6"],
         # optional accelerators of `python -m jaxshape.data.prepare` (exact numpy fallbacks exist):
         # fpsample builds from source with Rust on Python 3.11; open3d speeds up the TSDF ~2x
         "fast": ["fpsample>=1.0", "open3d>=0.18"],
+        # PartPacker's image preprocessing exactly as upstream (cv2 resizes; jaxshape.image has an equal numpy path)
+        "cv2": ["opencv-python-headless>=4.10"],
     },
     entry_points={
         "console_scripts": [

@@ -4,7 +4,10 @@
         --weights ss_enc_conv3d_16l8_fp16.safetensors --out /path/to/ckpt
 
 ``--config`` is a TRELLIS ``{"name", "args"}`` JSON (or ``--model NAME --args '{...}'``, or ``--model`` with a
-released checkpoint name such as ``ss_dec_conv3d_16l8_fp16``). The output (``jaxshape.models.save``: ``model.json``
+released checkpoint name such as ``ss_dec_conv3d_16l8_fp16`` or ``dinov2_vitl14_reg``). DINO image encoders also
+convert from their other layouts (``jaxshape.convert.dino``): a torch-hub ``.pth`` with ``--model dinov2_vitg14``,
+an HF ``.safetensors`` with ``--model``, or an HF folder (``--weights DIR`` with config.json; no ``--model``
+needed). The output (``jaxshape.models.save``: ``model.json``
 + Orbax ``variables/``) holds ``{"params": ..., "buffers": ...}`` in ``--param-dtype`` (fp32 by default: released
 fp16 tensors are cast); ``jaxshape.models.load(out)`` returns ``(module, variables)``, and a flow stage's
 ``vae_checkpoint`` accepts it.
@@ -18,13 +21,16 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from jaxshape.convert.readers import load_state_dict, read_model_json
+from jaxshape.convert.dino import dino_args_from_hf_config, read_hf_folder, to_hub_names
+from jaxshape.convert.readers import load_state_dict, read_model_json, strip_prefix
 from jaxshape.convert.state_dict import from_torch
+from jaxshape.models.dino_vit import DinoViT
 
 
-def convert(name: str, args: dict, weights: str | Path, out: str | Path, *, prefix: str = "",
+def convert(name: str | None, args: dict, weights: str | Path, out: str | Path, *, prefix: str = "",
             param_dtype: str = "float32", dtype: str | None = None) -> Path:
-    """Build ``name(**args)`` (``jaxshape.models.build``), load ``weights`` strictly and save it to ``out``."""
+    """Build ``name(**args)`` (``jaxshape.models.build``), load ``weights`` strictly and save it to ``out``.
+    ``weights`` may be an HF folder (then ``name=None`` takes the DINO encoder from its config.json)."""
     from jaxshape.models import build, save
 
     out = Path(out).absolute()
@@ -33,8 +39,19 @@ def convert(name: str, args: dict, weights: str | Path, out: str | Path, *, pref
     overrides = {"param_dtype": jnp.dtype(param_dtype)}
     if dtype is not None:
         overrides["dtype"] = jnp.dtype(dtype)
+    if Path(weights).is_dir():  # an HF model folder (DINO encoders)
+        config, state_dict = read_hf_folder(weights)
+        if name is None:
+            name, args = "DinoViT", dino_args_from_hf_config(config)
+    else:
+        state_dict = load_state_dict(weights)
+    if name is None:
+        raise ValueError(f"{weights}: give the model (--config or --model); only an HF folder carries its config")
     module = build(name, args, **overrides)
-    variables = from_torch(module, load_state_dict(weights), prefix=prefix)
+    if isinstance(module, DinoViT):
+        state_dict = to_hub_names(strip_prefix(state_dict, prefix) if prefix else state_dict)
+        prefix = ""
+    variables = from_torch(module, state_dict, prefix=prefix)
     return save(out, module, variables)
 
 
@@ -43,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="TRELLIS model JSON ({'name': ..., 'args': {...}})")
     p.add_argument("--model", help="model class name or released checkpoint name (instead of --config)")
     p.add_argument("--args", default="{}", help="constructor args as JSON (with --model)")
-    p.add_argument("--weights", required=True, help=".safetensors / .pt / .pth file")
+    p.add_argument("--weights", required=True, help=".safetensors / .pt / .pth file, or an HF model folder")
     p.add_argument("--prefix", default="", help="key prefix to strip, e.g. 'dit.' for PartPacker flow.pt")
     p.add_argument("--param-dtype", default="float32")
     p.add_argument("--dtype", default=None, help="compute dtype stored with the model (default: upstream rule)")
@@ -53,8 +70,10 @@ def main(argv=None) -> int:
         name, args = read_model_json(a.config)
     elif a.model:
         name, args = a.model, json.loads(a.args)
+    elif Path(a.weights).is_dir():
+        name, args = None, {}
     else:
-        p.error("give --config or --model")
+        p.error("give --config or --model (or --weights with an HF model folder)")
     out = convert(name, args, a.weights, a.out, prefix=a.prefix, param_dtype=a.param_dtype, dtype=a.dtype)
     print(f"wrote {out}")
     return 0

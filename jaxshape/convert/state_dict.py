@@ -6,8 +6,8 @@ The Flax parameter tree mirrors upstream module paths, so the mapping is a rule,
 * a scanned stack (``module.scanned_stacks() -> {flax name: (torch prefix, length)}``) <-> ``prefix.<i>.*``,
   stacked on a new leading axis;
 * leaves: ``kernel`` <-> ``weight`` (Dense ``[in, out]`` = ``weight.T``; Conv ``[kx, ky, kz, in, out]`` =
-  ``weight.transpose(2, 3, 4, 1, 0)``), ``scale`` <-> ``weight``, everything else (``bias``, ``gamma``,
-  ``pos_emb``, ``part_embed``, ...) unchanged;
+  ``weight.transpose(2, 3, 4, 1, 0)``; Conv2d ``[kh, kw, in, out]`` = ``weight.transpose(2, 3, 1, 0)``),
+  ``scale`` <-> ``weight``, everything else (``bias``, ``gamma``, ``pos_emb``, ``part_embed``, ...) unchanged;
 * collections ``params`` and ``buffers`` (non-trainable, e.g. TRELLIS's ``pos_emb``) are both state_dict keys.
 """
 from __future__ import annotations
@@ -59,6 +59,8 @@ def _leaf_rule(leaf: str, ndim: int) -> tuple[str, str]:
             return "weight", "linear"
         if ndim == 5:
             return "weight", "conv3d"
+        if ndim == 4:
+            return "weight", "conv2d"
         raise ConversionError(f"no rule for a kernel of rank {ndim}")
     if leaf == "scale":
         return "weight", "none"
@@ -70,6 +72,8 @@ def _to_torch_layout(x: np.ndarray, rule: str) -> np.ndarray:
         return x.T
     if rule == "conv3d":
         return x.transpose(4, 3, 0, 1, 2)
+    if rule == "conv2d":
+        return x.transpose(3, 2, 0, 1)
     return x
 
 
@@ -78,6 +82,8 @@ def _from_torch_layout(x: np.ndarray, rule: str) -> np.ndarray:
         return x.T
     if rule == "conv3d":
         return x.transpose(2, 3, 4, 1, 0)
+    if rule == "conv2d":
+        return x.transpose(2, 3, 1, 0)
     return x
 
 

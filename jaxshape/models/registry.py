@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxshape.models.dino_vit import DinoViT
 from jaxshape.models.released import RELEASED, released_args
 from jaxshape.models.sparse_structure_flow import SparseStructureFlowModel
 from jaxshape.models.sparse_structure_vae import SparseStructureDecoder, SparseStructureEncoder
@@ -16,7 +17,7 @@ from jaxshape.models.vecset_dit import VecSetDiT
 from jaxshape.models.vecset_vae import VecSetVAE
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (
-    SparseStructureEncoder, SparseStructureDecoder, SparseStructureFlowModel, VecSetVAE, VecSetDiT)}
+    SparseStructureEncoder, SparseStructureDecoder, SparseStructureFlowModel, VecSetVAE, VecSetDiT, DinoViT)}
 _DTYPE_FIELDS = ("dtype", "param_dtype")
 _INTERNAL_FIELDS = ("parent", "name")
 

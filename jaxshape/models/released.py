@@ -10,6 +10,9 @@ import copy
 _SS_FLOW = dict(resolution=16, in_channels=8, out_channels=8, mlp_ratio=4, patch_size=1, pe_mode="ape",
                 qk_rms_norm=True, use_fp16=True)
 
+_DINOV2_L = dict(img_size=518, patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4, ffn_layer="mlp")
+_DINOV2_G = dict(img_size=518, patch_size=14, embed_dim=1536, depth=40, num_heads=24, mlp_ratio=4, ffn_layer="swiglu")
+
 RELEASED: dict[str, tuple[str, dict]] = {
     # microsoft/TRELLIS-image-large/ckpts
     "ss_enc_conv3d_16l8_fp16": ("SparseStructureEncoder", dict(
@@ -32,6 +35,19 @@ RELEASED: dict[str, tuple[str, dict]] = {
     "partpacker_dit": ("VecSetDiT", dict(
         hidden_dim=1536, num_heads=16, latent_size=4096, latent_dim=64, num_layers=24, qknorm=True,
         qknorm_type="RMSNorm", use_pos_embed=False, use_parts=True, part_embed_mode="part2_only")),
+    # the DINO image encoders (jaxshape.models.dino_vit; torch-hub names). The hub's interpolation rule of its
+    # position table (used only at a size other than 518²): "hub_offset" without registers, "antialias" with them.
+    "dinov2_vitl14_reg": ("DinoViT", dict(_DINOV2_L, num_register_tokens=4, interpolate_mode="antialias")),  # TRELLIS
+    "dinov2_vitl14": ("DinoViT", dict(_DINOV2_L, interpolate_mode="hub_offset")),  # Hunyuan3D-2.1, TripoSG
+    "dinov2_vitg14": ("DinoViT", dict(_DINOV2_G, interpolate_mode="hub_offset")),  # PartPacker
+    "dinov2_vitg14_reg": ("DinoViT", dict(_DINOV2_G, num_register_tokens=4, interpolate_mode="antialias")),
+    # HF facebook/dinov3-vitl16-pretrain-lvd1689m (TRELLIS.2, at 512 px)
+    "dinov3_vitl16": ("DinoViT", dict(
+        img_size=512, patch_size=16, embed_dim=1024, depth=24, num_heads=16, ffn_hidden_features=4096,
+        num_register_tokens=4, pos_embed="rope", rope_theta=100.0, layer_norm_eps=1e-5)),
+    # a CPU-size ViT with the TRELLIS encoder's layout (registers, MLP), for tests and demos
+    "dinov2_tiny": ("DinoViT", dict(img_size=224, patch_size=14, embed_dim=96, depth=4, num_heads=4,
+                                    num_register_tokens=4, interpolate_mode="antialias")),
 }
 
 

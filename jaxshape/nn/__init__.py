@@ -3,12 +3,16 @@ from jaxshape.nn import axes
 from jaxshape.nn.attention import PARTPACKER_QK_NORMS, MultiHeadAttention, dot_product_attention
 from jaxshape.nn.conv3d import Conv3d, DownsampleBlock3d, ResBlock3d, UpsampleBlock3d
 from jaxshape.nn.embeddings import (
+    POSITION_INTERPOLATIONS,
     LabelConditioner,
     TimestepEmbedder,
     absolute_position_embedding_3d,
     apply_rope,
     fourier_point_features,
     grid_coords_3d,
+    patch_rope_phases_2d,
+    position_interpolation_matrix,
+    resample_position_table,
     rope_phases_3d,
     timestep_embedding,
 )
@@ -20,16 +24,19 @@ from jaxshape.nn.transformer import (
     AttentionBlock,
     FeedForward,
     FlashQueryLayer,
+    LayerScale,
     ModulatedCrossBlock,
+    ViTBlock,
     layer_unroll,
     scan_blocks,
 )
 
 __all__ = [
-    "PARTPACKER_QK_NORMS", "AttentionBlock", "Conv3d", "Dense", "DownsampleBlock3d", "FeedForward", "FlashQueryLayer",
-    "LabelConditioner", "LayerNorm", "ModulatedCrossBlock", "MultiHeadAttention", "MultiHeadRMSNorm", "RMSNorm",
-    "ResBlock3d", "TimestepEmbedder", "UpsampleBlock3d", "absolute_position_embedding_3d", "apply_rope", "axes",
-    "dot_product_attention", "fourier_point_features", "grid_coords_3d", "layer_norm", "layer_unroll",
-    "partitioned", "patchify", "pixel_shuffle_3d", "rope_phases_3d", "scan_blocks", "space_to_depth_3d",
-    "timestep_embedding", "torso_dtype", "unpatchify",
+    "PARTPACKER_QK_NORMS", "POSITION_INTERPOLATIONS", "AttentionBlock", "Conv3d", "Dense", "DownsampleBlock3d",
+    "FeedForward", "FlashQueryLayer", "LabelConditioner", "LayerNorm", "LayerScale", "ModulatedCrossBlock",
+    "MultiHeadAttention", "MultiHeadRMSNorm", "RMSNorm", "ResBlock3d", "TimestepEmbedder", "UpsampleBlock3d",
+    "ViTBlock", "absolute_position_embedding_3d", "apply_rope", "axes", "dot_product_attention",
+    "fourier_point_features", "grid_coords_3d", "layer_norm", "layer_unroll", "partitioned", "patch_rope_phases_2d",
+    "patchify", "pixel_shuffle_3d", "position_interpolation_matrix", "resample_position_table", "rope_phases_3d",
+    "scan_blocks", "space_to_depth_3d", "timestep_embedding", "torso_dtype", "unpatchify",
 ]

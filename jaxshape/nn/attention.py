@@ -12,6 +12,7 @@ output              ``to_out``                       ``out_proj``
 qk-norm             per-head RMS (``q_rms_norm``)    full-width LayerNorm / RMSNorm (``q_norm``)
 ==================  ===============================  ==========================================
 
+DINO ViTs (``naming="dino"``, self-attention only) use ``qkv`` [C, 3C] = [q|k|v] and ``proj``, the hub's names.
 Heads are contiguous blocks of ``D = C / H`` features inside each of q, k, v.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ FLASH_MIN_LOGITS = 1 << 16
 _NAMES = {
     "trellis": dict(qkv="to_qkv", q="to_q", kv="to_kv", out="to_out"),
     "partpacker": dict(qkv="qkv_proj", q="q_proj", k="k_proj", v="v_proj", out="out_proj"),
+    "dino": dict(qkv="qkv", out="proj"),
 }
 QK_NORMS = (None, "rms_per_head", "layernorm", "rmsnorm")
 # PartPacker's ``qknorm_type`` config values -> the full-width qk-norm they select
@@ -102,15 +104,17 @@ class MultiHeadAttention(nn.Module):
     Call: ``(x [B, L, C], context [B, M, Cc] | None, rope_phases [L, D/2] | None) -> [B, L, C]``.
     ``qk_norm``: ``None``; ``"rms_per_head"`` (TRELLIS MultiHeadRMSNorm after the head split); ``"layernorm"``
     (PartPacker: LayerNorm eps 1e-6 without affine over the full width, before the split); ``"rmsnorm"``
-    (PartPacker RMSNorm over the full width). RoPE (self-attention only) is applied after the qk-norm.
+    (PartPacker RMSNorm over the full width). RoPE (self-attention only) is applied after the qk-norm, with
+    ``rope_pairing`` (``jaxshape.nn.embeddings.apply_rope``).
     """
 
     channels: int
     num_heads: int
     kind: Literal["self", "cross"] = "self"
-    naming: Literal["trellis", "partpacker"] = "trellis"
+    naming: Literal["trellis", "partpacker", "dino"] = "trellis"
     qk_norm: Optional[str] = None
     qkv_bias: bool = True
+    rope_pairing: str = "adjacent"
     init_scheme: str = "xavier"
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -122,7 +126,9 @@ class MultiHeadAttention(nn.Module):
         if self.qk_norm not in QK_NORMS:
             raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
         if self.naming not in _NAMES:
-            raise ValueError(f"naming must be 'trellis' or 'partpacker', got {self.naming!r}")
+            raise ValueError(f"naming must be one of {sorted(_NAMES)}, got {self.naming!r}")
+        if self.kind == "cross" and "q" not in _NAMES[self.naming]:
+            raise ValueError(f"naming {self.naming!r} has self-attention only")
         super().__post_init__()
 
     def _dense(self, features, name, logical=(EMBED, HEADS)):
@@ -165,8 +171,8 @@ class MultiHeadAttention(nn.Module):
             q = MultiHeadRMSNorm(param_dtype=self.param_dtype, name="q_rms_norm")(q)
             k = MultiHeadRMSNorm(param_dtype=self.param_dtype, name="k_rms_norm")(k)
         if rope_phases is not None:
-            q = apply_rope(q, rope_phases)
-            k = apply_rope(k, rope_phases)
+            q = apply_rope(q, rope_phases, self.rope_pairing)
+            k = apply_rope(k, rope_phases, self.rope_pairing)
         out = dot_product_attention(q, k, v, implementation=self.attention_impl)
         out = out.reshape(b, lq, c)
         return Dense(c, init_scheme=self.init_scheme, axes=(HEADS, EMBED), dtype=self.dtype,

@@ -1,4 +1,5 @@
-"""Timestep, class-label, 3-D position (absolute sin-cos and rotary) and Fourier point embeddings."""
+"""Timestep, class-label, 3-D position (absolute sin-cos and rotary), 2-D image position (DINO tables and RoPE) and
+Fourier point embeddings."""
 from __future__ import annotations
 
 import math
@@ -110,18 +111,119 @@ def rope_phases_3d(coords: np.ndarray | jax.Array, head_dim: int, theta: float =
     return phases
 
 
-def apply_rope(x: jax.Array, phases: jax.Array) -> jax.Array:
-    """Rotate adjacent pairs ``(x[2i], x[2i+1])`` of the last axis by ``phases[..., i]``.
+def apply_rope(x: jax.Array, phases: jax.Array, pairing: str = "adjacent") -> jax.Array:
+    """Rotate pairs of features of the last axis by ``phases[..., i]``.
 
-    ``x``: [B, N, H, D]; ``phases``: [N, D/2]. fp32 inside, cast back to ``x.dtype``.
+    ``x``: [B, N, H, D]; ``phases``: [N, D/2]. ``pairing``: ``"adjacent"`` rotates ``(x[2i], x[2i+1])``
+    (TRELLIS.2's complex form); ``"halves"`` rotates ``(x[i], x[i + D/2])`` (the ``rotate_half`` form of DINOv3 and
+    LLaMA-style code). A zero phase leaves its pair unchanged exactly. fp32 inside, cast back to ``x.dtype``.
     """
     shape = x.shape
-    xp = x.astype(jnp.float32).reshape(*shape[:-1], shape[-1] // 2, 2)
     cos = jnp.cos(phases)[:, None, :]
     sin = jnp.sin(phases)[:, None, :]
-    a, b = xp[..., 0], xp[..., 1]
-    out = jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1)
-    return out.reshape(shape).astype(x.dtype)
+    if pairing == "adjacent":
+        xp = x.astype(jnp.float32).reshape(*shape[:-1], shape[-1] // 2, 2)
+        a, b = xp[..., 0], xp[..., 1]
+        out = jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1)
+        return out.reshape(shape).astype(x.dtype)
+    if pairing == "halves":
+        a, b = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+        return jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1).astype(x.dtype)
+    raise ValueError(f"RoPE pairing must be 'adjacent' or 'halves', got {pairing!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2-D image positions (DINO ViTs)
+
+POSITION_INTERPOLATIONS = ("hub_offset", "antialias", "size")
+
+
+def _cubic(t: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel with parameter ``a`` (float64)."""
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = a * (((t - 5) * t + 8) * t - 4)
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def position_interpolation_matrix(n_in: int, n_out: int, mode: str, offset: float = 0.1) -> np.ndarray:
+    """The ``[n_out, n_in]`` float32 matrix of one axis of ``torch.nn.functional.interpolate(mode="bicubic",
+    align_corners=False)`` as the DINOv2 position tables use it (separable: a 2-D resize is ``Wh @ grid @ Ww.T``).
+
+    ``mode``:
+
+    * ``"hub_offset"``: facebookresearch/dinov2 without registers: ``scale_factor = (n_out + offset) / n_in``, no
+      antialias; source coordinate ``(i + 0.5) n_in / (n_out + offset) - 0.5``, Keys a = -0.75, taps clamped to
+      the edge (their weights pile up on the edge sample). Not the identity even when ``n_out == n_in``.
+    * ``"antialias"``: the hub with registers and HF ``Dinov2WithRegistersModel``: ``size=n_out, antialias=True``
+      (PyTorch's PIL-derived filter: a = -0.5, support ``2 max(n_in / n_out, 1)``, out-of-range taps dropped, the
+      weights renormalised).
+    * ``"size"``: HF ``Dinov2Model``: ``size=n_out``, no antialias; ``(i + 0.5) n_in / n_out - 0.5``, a = -0.75.
+
+    Built in float64 on the host and rounded once.
+    """
+    i = np.arange(n_out, dtype=np.float64)
+    w = np.zeros((n_out, n_in), np.float64)
+    if mode in ("hub_offset", "size"):
+        scale = n_in / (n_out + offset) if mode == "hub_offset" else n_in / n_out
+        src = (i + 0.5) * scale - 0.5
+        base = np.floor(src)
+        frac = src - base
+        for tap in range(-1, 3):
+            idx = np.clip(base + tap, 0, n_in - 1).astype(np.int64)
+            np.add.at(w, (np.arange(n_out), idx), _cubic(frac - tap, -0.75))
+    elif mode == "antialias":
+        inv = n_in / n_out
+        fs = max(inv, 1.0)
+        support = 2.0 * fs
+        for o in range(n_out):
+            centre = (o + 0.5) * inv
+            lo = max(int(centre - support + 0.5), 0)
+            hi = min(int(centre + support + 0.5), n_in)
+            j = np.arange(lo, hi, dtype=np.float64)
+            taps = _cubic((j - centre + 0.5) / fs, -0.5)
+            w[o, lo:hi] = taps / taps.sum()
+    else:
+        raise ValueError(f"position interpolation mode must be one of {POSITION_INTERPOLATIONS}, got {mode!r}")
+    return w.astype(np.float32)
+
+
+def resample_position_table(table: jax.Array, grid: int, rows: int, cols: int, mode: str,
+                            offset: float = 0.1) -> jax.Array:
+    """A DINOv2 position table ``[1, 1 + grid², C]`` (CLS row first) for a ``rows × cols`` patch grid.
+
+    Unchanged when ``rows == cols == grid`` (upstream's short-circuit); otherwise the grid part is resampled in
+    fp32 with :func:`position_interpolation_matrix` per axis, cast back to the table dtype, and the CLS row kept.
+    """
+    if rows == grid and cols == grid:
+        return table
+    c = table.shape[-1]
+    patches = table[0, 1:].astype(jnp.float32).reshape(grid, grid, c)
+    wh = jnp.asarray(position_interpolation_matrix(grid, rows, mode, offset))
+    ww = jnp.asarray(position_interpolation_matrix(grid, cols, mode, offset))
+    out = jnp.einsum("hi,ijc,wj->hwc", wh, patches, ww, precision=jax.lax.Precision.HIGHEST)
+    out = out.reshape(1, rows * cols, c).astype(table.dtype)
+    return jnp.concatenate([table[:, :1], out], axis=1)
+
+
+def patch_rope_phases_2d(rows: int, cols: int, head_dim: int, theta: float = 100.0) -> np.ndarray:
+    """DINOv3's 2-D RoPE angles ``[rows·cols, head_dim / 2]`` (float32) for :func:`apply_rope` with
+    ``pairing="halves"``.
+
+    Patch centres are normalised to [-1, 1] per axis (``2 (k + 0.5) / n - 1``); ``head_dim / 4`` frequencies
+    ``1 / theta^(4 j / head_dim)``; angles ``2π · coord · freq`` for the row coordinate then the column coordinate.
+    Formed in fp32 in upstream's order (``(2π · coord) · freq``). The training-time coordinate augmentations
+    (shift, jitter, rescale) are not applied: inference only.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head_dim divisible by 4, got {head_dim}")
+    freqs = (np.float32(1.0) / np.power(np.float32(theta),
+                                        np.arange(0, 1, 4 / head_dim, dtype=np.float32)).astype(np.float32))
+    ch = (np.arange(0.5, rows, dtype=np.float32) / np.float32(rows)) * np.float32(2) - np.float32(1)
+    cw = (np.arange(0.5, cols, dtype=np.float32) / np.float32(cols)) * np.float32(2) - np.float32(1)
+    coords = np.stack(np.meshgrid(ch, cw, indexing="ij"), axis=-1).reshape(-1, 2)
+    angles = (np.float32(2 * math.pi) * coords)[:, :, None] * freqs[None, None, :]
+    return angles.reshape(rows * cols, -1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------------------

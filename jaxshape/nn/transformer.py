@@ -1,4 +1,4 @@
-"""Feed-forward and adaLN-modulated transformer blocks, and the scanned layer stack.
+"""Feed-forward, adaLN-modulated and plain pre-LN (ViT) transformer blocks, and the scanned layer stack.
 
 :class:`ModulatedCrossBlock` is both TRELLIS's ``ModulatedTransformerCrossBlock`` and PartPacker's ``DiTLayer``:
 the same computation (modulated self-attention, un-modulated cross-attention, modulated FFN; chunk order shift,
@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxshape.nn.attention import AttentionImpl, MultiHeadAttention
-from jaxshape.nn.axes import EMBED, LAYERS, MLP, MOD
+from jaxshape.nn.axes import EMBED, LAYERS, MLP, MOD, NORM
+from jaxshape.nn.initializers import partitioned
 from jaxshape.nn.linear import Dense
 from jaxshape.nn.norms import LayerNorm, broadcast_multiply
 
@@ -25,14 +26,19 @@ _BLOCK_NAMES = {
 
 
 class FeedForward(nn.Module):
-    """``Linear(C, hidden) -> GELU -> Linear(hidden, C)``; torch keys ``<prefix>.0`` / ``<prefix>.2``.
+    """``Linear(C, hidden) -> GELU -> Linear(hidden, C)``; torch keys ``<prefix>.0`` / ``<prefix>.2``, or
+    ``layer_names`` (e.g. the DINO hub's ``("fc1", "fc2")``).
 
-    ``approximate_gelu``: tanh GELU (TRELLIS) or exact erf GELU (PartPacker, the torch default).
+    ``approximate_gelu``: tanh GELU (TRELLIS) or exact erf GELU (PartPacker, DINO, the torch default).
+    ``gated`` makes it SwiGLU (DINOv2 ViT-g's ``w12`` / ``w3``): ``Linear(C, 2 hidden)``, split in halves
+    ``[a | b]``, ``silu(a) · b`` (the first half is gated), ``Linear(hidden, C)``.
     """
 
     hidden_features: int
     prefix: str = "mlp"
     approximate_gelu: bool = True
+    gated: bool = False
+    layer_names: Optional[tuple[str, str]] = None
     init_scheme: str = "xavier"
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -40,9 +46,67 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(init_scheme=self.init_scheme, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = Dense(self.hidden_features, axes=(EMBED, MLP), name=f"{self.prefix}_0", **kw)(x)
-        h = jax.nn.gelu(h, approximate=self.approximate_gelu)
-        return Dense(x.shape[-1], axes=(MLP, EMBED), name=f"{self.prefix}_2", **kw)(h)
+        first, second = self.layer_names or (f"{self.prefix}_0", f"{self.prefix}_2")
+        h = Dense(self.hidden_features * (2 if self.gated else 1), axes=(EMBED, MLP), name=first, **kw)(x)
+        if self.gated:
+            a, b = jnp.split(h, 2, axis=-1)
+            h = nn.silu(a) * b
+        else:
+            h = jax.nn.gelu(h, approximate=self.approximate_gelu)
+        return Dense(x.shape[-1], axes=(MLP, EMBED), name=second, **kw)(h)
+
+
+class LayerScale(nn.Module):
+    """``x · gamma`` with a learned per-channel ``gamma`` [C] (CaiT / DINO LayerScale; hub key ``ls<i>.gamma``)."""
+
+    init_value: float = 1.0
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gamma = self.param("gamma", partitioned(nn.initializers.constant(self.init_value), (NORM,)),
+                           (x.shape[-1],), self.param_dtype)
+        return broadcast_multiply(x, gamma.astype(x.dtype))
+
+
+class ViTBlock(nn.Module):
+    """Pre-LN ViT block (DINOv2 / DINOv3 ``Block``): ``x += ls1(Attn(norm1 x))``; ``x += ls2(FFN(norm2 x))``.
+
+    Call ``(x [B, T, C], rope_phases [T, D/2] | None) -> (x, None)`` (the scan-carry form). Hub names:
+    ``norm1``, ``attn/qkv``, ``attn/proj``, ``ls1``, ``norm2``, ``mlp/fc1|fc2`` (``ffn_layer="mlp"``, exact GELU)
+    or ``mlp/w12|w3`` (``"swiglu"``), ``ls2``. LayerNorms have affines and eps ``layer_norm_eps``; RoPE (DINOv3)
+    uses the ``"halves"`` pairing.
+    """
+
+    channels: int
+    num_heads: int
+    ffn_hidden: int
+    ffn_layer: Literal["mlp", "swiglu"] = "mlp"
+    layer_norm_eps: float = 1e-6
+    layerscale: bool = True
+    qkv_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    attention_impl: AttentionImpl = None
+
+    @nn.compact
+    def __call__(self, x, rope_phases=None):
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = dict(epsilon=self.layer_norm_eps, param_dtype=self.param_dtype)
+        h = LayerNorm(name="norm1", **norm)(x)
+        h = MultiHeadAttention(self.channels, self.num_heads, naming="dino", qkv_bias=self.qkv_bias,
+                               rope_pairing="halves", init_scheme="normal0.02", attention_impl=self.attention_impl,
+                               name="attn", **dt)(h, rope_phases=rope_phases)
+        if self.layerscale:
+            h = LayerScale(param_dtype=self.param_dtype, name="ls1")(h)
+        x = x + h
+        h = LayerNorm(name="norm2", **norm)(x)
+        gated = self.ffn_layer == "swiglu"
+        h = FeedForward(self.ffn_hidden, approximate_gelu=False, gated=gated, init_scheme="normal0.02",
+                        layer_names=("w12", "w3") if gated else ("fc1", "fc2"), name="mlp", **dt)(h)
+        if self.layerscale:
+            h = LayerScale(param_dtype=self.param_dtype, name="ls2")(h)
+        return x + h, None
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:

@@ -33,8 +33,8 @@ def _released_keys(name):
     return {k: shape for k, (shape, _, _) in trellis_key_sections()[SECTION[name]]["keys"].items()}
 
 
-@pytest.mark.parametrize("name", sorted(RELEASED))
-def test_released_keys_and_parameter_count(name):
+@pytest.mark.parametrize("name", sorted(n for n, (cls, _) in RELEASED.items() if cls != "DinoViT"))
+def test_released_keys_and_parameter_count(name):  # the DINO encoders: tests/convert/test_dino_convert.py
     module = build(name)
     assert expected_state_dict_shapes(module) == _released_keys(name)
     params = abstract_variables(module)["params"]

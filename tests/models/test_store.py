@@ -33,7 +33,7 @@ def _init(module, seed=0):
 
 def test_build_by_class_or_released_name_and_spec_round_trip():
     assert set(MODEL_CLASSES) == {"SparseStructureEncoder", "SparseStructureDecoder", "SparseStructureFlowModel",
-                                  "VecSetVAE", "VecSetDiT"}
+                                  "VecSetVAE", "VecSetDiT", "DinoViT"}
     released = build("ss_flow_txt_dit_B_16l8_fp16", use_fp16=False, dtype="bfloat16")
     assert released.model_channels == 768 and released.dtype == jnp.bfloat16 and not released.use_fp16
     assert build(**model_spec(released)) == released
