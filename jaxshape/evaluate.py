@@ -43,7 +43,7 @@ def reference_examples(task, config, n: int, reference: Optional[str] = None) ->
                              "RECORDS (a folder written by `python -m jaxshape.data.prepare`)")
         return heldout_examples(task, config, n)
     return read_spread(str(reference), n, task.eval_fields, num_queries=task.eval_num_queries(config.eval.num_queries),
-                       seed=config.eval.seed)
+                       seed=config.eval.seed, views=task.view_config())
 
 
 def _normalize_bbox(v: np.ndarray) -> np.ndarray:

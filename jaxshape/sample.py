@@ -83,7 +83,7 @@ def _lazy_batches(config, task) -> Iterator[dict]:
     from jaxshape.data.sources import make_data_iterator
 
     yield from make_data_iterator(config.data, task.sample_fields, task.family, process_index=0, process_count=1,
-                                  one_epoch=True)
+                                  one_epoch=True, views=task.view_config())
 
 
 def sample(workdir: str | Path, *, stage: Optional[str] = None, num: int = 8, cfg: Optional[float] = None,

@@ -8,7 +8,9 @@ batch -> device prefetch with the trainer's batch sharding; checkpointable (Orba
 
 Sharding per process: process ``i`` of ``n`` reads examples ``i::n`` (disjoint, from the id-ordered source), batches
 ``global_batch / n`` and builds global arrays with ``jax.make_array_from_process_local_data``.
-Conditioning: ``class_label`` and any ``cond_*`` field pass through untouched.
+Conditioning: ``class_label`` and any ``cond_*`` field pass through untouched, except a record's views
+(``cond_views``: PNG bytes, ``cond_view_cameras``): with a :class:`ViewConfig` and the key ``cond_image`` the
+transform draws ``count`` of them per example and applies the family's image preprocessing (``jaxshape.image``).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from jaxshape.families import SPARSE_STRUCTURE, VECSET
 
 from .records import RecordSource
 
-__all__ = ["FAMILY_KEYS", "AugmentConfig", "make_dataset", "DeviceIterator"]
+__all__ = ["FAMILY_KEYS", "AugmentConfig", "ViewConfig", "make_dataset", "DeviceIterator"]
 
 FAMILY_KEYS = {  # the record fields each family's stages read
     SPARSE_STRUCTURE: ("occupancy", "class_label", "id"),
@@ -45,6 +47,50 @@ class AugmentConfig:
     occupancy_flips: bool = False
 
 
+IMAGE_PREPROCESS = ("trellis", "partpacker")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewConfig:
+    """Image conditioning from the records' rendered views: per example ``count`` views drawn at random (distinct
+    while the record has enough), each through ``preprocess`` -- ``"trellis"`` (crop by alpha >= 205 with a 1.2
+    margin, LANCZOS, premultiplied on black; ``jaxshape.image.trellis_preprocess``) or ``"partpacker"`` (alpha > 0,
+    90 % framing, on white) -- at ``size`` px, giving ``cond_image`` float32 ``[count, size, size, 3]`` in [0, 1]
+    (ImageNet normalisation happens on the device, next to the encoder)."""
+    count: int = 1
+    preprocess: str = "trellis"
+    size: int = 518
+    patch_size: int = 14
+
+    def __post_init__(self):
+        if self.preprocess not in IMAGE_PREPROCESS:
+            raise ValueError(f"views preprocess must be one of {IMAGE_PREPROCESS}, got {self.preprocess!r}")
+        if self.count < 1:
+            raise ValueError(f"views per example must be >= 1, got {self.count}")
+
+
+def draw_views(ex: dict, views: ViewConfig, rng: np.random.Generator) -> np.ndarray:
+    """``cond_image [count, size, size, 3]`` float32 in [0, 1] from the example's ``cond_views`` (see
+    :class:`ViewConfig`); an example without views is an error naming it."""
+    from jaxshape.image import decode_png, partpacker_preprocess, trellis_preprocess
+
+    stored = ex.get("cond_views")
+    if not stored:
+        raise ValueError(f"example {ex.get('id', '?')!r} has no views (cond_views): prepare the data with --views N "
+                         f"or --views-dir, or use another cond.kind")
+    n = len(stored)
+    idx = rng.choice(n, size=views.count, replace=views.count > n)
+    out = []
+    for i in idx:
+        rgba = decode_png(stored[int(i)])
+        if views.preprocess == "trellis":
+            img = trellis_preprocess(rgba, size=views.size, patch_size=views.patch_size).astype(np.float32) / 255
+        else:
+            img = partpacker_preprocess(rgba, size=views.size, patch_size=views.patch_size)
+        out.append(img)
+    return np.stack(out).astype(np.float32)
+
+
 def _rotation(rng, mode):
     if mode == "z":
         a = rng.uniform(0, 2 * np.pi)
@@ -63,6 +109,8 @@ def _rotation(rng, mode):
 def _select(ex, keys, num_queries):
     out = {}
     for k, v in ex.items():
+        if k.startswith("cond_view"):
+            continue  # raw views: only through draw_views
         if k in keys or k.startswith("cond_"):
             out[k] = v if isinstance(v, (np.ndarray, str)) else np.asarray(v)
     if "occupancy" in out:
@@ -105,15 +153,23 @@ def _augment(ex, aug: AugmentConfig, rng):
 class _Transform:
     """Picklable per-example transform (grain random map): key selection, query subsampling, augmentation."""
 
-    def __init__(self, keys, num_queries, augment):
+    def __init__(self, keys, num_queries, augment, views: Optional[ViewConfig] = None):
         self.keys = set(keys)
         self.num_queries = num_queries
         self.augment = augment
+        self.views = views
 
     def __call__(self, ex, rng: np.random.Generator):
         if self.num_queries is not None and "query_points" in ex:
             _subsample_queries(ex, self.num_queries, rng)
+        image = None
+        if "cond_image" in self.keys:
+            if self.views is None:
+                raise ValueError("the key cond_image needs a ViewConfig (make_dataset(views=...))")
+            image = draw_views(ex, self.views, rng)
         ex = _select(ex, self.keys, self.num_queries)
+        if image is not None:
+            ex["cond_image"] = image
         if self.augment is not None:
             ex = _augment(ex, self.augment, rng)
         return ex
@@ -123,13 +179,15 @@ def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, sh
                  num_epochs: Optional[int] = None, process_index: Optional[int] = None,
                  process_count: Optional[int] = None, augment: Optional[AugmentConfig] = None,
                  num_queries: Optional[Sequence[int]] = None, keys: Optional[Sequence[str]] = None,
-                 drop_remainder: bool = True, worker_count: int = 0, split: str = "all", holdout: float = 0.0):
+                 drop_remainder: bool = True, worker_count: int = 0, split: str = "all", holdout: float = 0.0,
+                 views: Optional[ViewConfig] = None):
     """grain ``IterDataset`` of host-local batches (numpy).  ``batch_size`` is the per-process batch.
 
     ``family``: a family name (``jaxshape.families``: the fields of :data:`FAMILY_KEYS`) or ``"all"``; ``keys``
     overrides it. ``num_queries=(n_volume, n_near, n_sharp)`` draws that many queries per group per example;
     ``num_epochs=None`` repeats forever. ``split`` / ``holdout``: which side of the held-out split to read
-    (:class:`jaxshape.data.records.RecordSource`)."""
+    (:class:`jaxshape.data.records.RecordSource`). ``views``: how ``cond_image`` is drawn from the records' views
+    (:class:`ViewConfig`; needed when ``keys`` holds ``cond_image``)."""
     import grain
 
     if process_index is None or process_count is None:
@@ -150,7 +208,7 @@ def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, sh
     if shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
-    ds = ds.random_map(_Transform(keys, None if num_queries is None else tuple(num_queries), augment))
+    ds = ds.random_map(_Transform(keys, None if num_queries is None else tuple(num_queries), augment, views))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     it_ds = ds.to_iter_dataset()
     if worker_count > 0:
@@ -159,7 +217,7 @@ def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, sh
 
 
 def read_spread(roots, n: int, keys: Sequence[str], *, split: str = "all", holdout: float = 0.0,
-                num_queries: Optional[Sequence[int]] = None, seed: int = 0) -> dict:
+                num_queries: Optional[Sequence[int]] = None, seed: int = 0, views: Optional[ViewConfig] = None) -> dict:
     """``n`` examples spread evenly over the id-ordered records (every class of a class-ordered set is drawn), in
     an order whose every prefix is spread as well, stacked as ``{key: array [n, ...]}``, with this pipeline's key
     selection and (seeded) query subsampling and no augmentation. Fewer if the split holds fewer."""
@@ -169,7 +227,7 @@ def read_spread(roots, n: int, keys: Sequence[str], *, split: str = "all", holdo
     idx = np.unique(np.linspace(0, len(src) - 1, min(n, len(src))).round().astype(np.int64))
     # golden-ratio order: every prefix is spread too (the first k of the n drawn cover the set)
     idx = idx[np.argsort((np.arange(len(idx)) * 0.6180339887498949) % 1.0, kind="stable")]
-    tf = _Transform(keys, None if num_queries is None else tuple(num_queries), None)
+    tf = _Transform(keys, None if num_queries is None else tuple(num_queries), None, views)
     exs = [tf(src[int(i)], np.random.default_rng([seed, int(i)])) for i in idx]
     return {k: np.stack([e[k] for e in exs]) for k in keys}
 

@@ -30,7 +30,7 @@ from .procedural import CLASSES, cache_dir, embedded_jobs
 from .store import RecordStore
 from .targets import TargetConfig, config_to_json
 from .vecset import VecsetConfig
-from .workers import PrepJob, WorkerPool, run_job
+from .workers import Attachments, PrepJob, WorkerPool, run_job
 
 __all__ = ["collect_inputs", "prepare", "embedded_records", "main"]
 
@@ -86,6 +86,7 @@ def collect_inputs(inputs: List[str], class_from_dir: bool = False) -> Tuple[Lis
 def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), seed: int = 0, workers: int = 1,
             shard_size: int = 256, timeout: float = 600.0, retry_errors: bool = False, class_from_dir: bool = False,
             features_dir: Optional[str] = None, progress: bool = True, jobs: Optional[List[PrepJob]] = None,
+            views_dir: Optional[str] = None,
             classes: Optional[List[str]] = None) -> dict:
     """Library entry point of the CLI; returns the summary also written to ``OUT/dataset.json``."""
     os.makedirs(output, exist_ok=True)
@@ -103,6 +104,7 @@ def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), 
         os.replace(cpath + ".tmp", cpath)
     if jobs is None:
         jobs, classes = collect_inputs(inputs, class_from_dir)
+    attach = Attachments(features_dir=features_dir, views_dir=views_dir)
     store = RecordStore(output, shard_size)
     done = {mid for mid, r in store.rows.items() if r["status"] == "ok" or not retry_errors}
     todo = [j for j in jobs if j[0] not in done]
@@ -128,9 +130,9 @@ def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), 
     try:
         if workers <= 0:
             for j in todo:
-                handle(run_job(j, cfg, seed, features_dir))
+                handle(run_job(j, cfg, seed, attach))
         else:
-            pool = WorkerPool(min(workers, max(1, len(todo))), cfg_json, seed, features_dir, timeout)
+            pool = WorkerPool(min(workers, max(1, len(todo))), cfg_json, seed, attach, timeout)
             try:
                 for res in pool.run(todo):
                     handle(res)
@@ -211,6 +213,8 @@ def main(argv=None):
     ap.add_argument("--retry-errors", action="store_true")
     ap.add_argument("--class-from-dir", action="store_true", help="class label = name of the parent folder")
     ap.add_argument("--features-dir", default=None, help="attach <id>.npy / <stem>.npy as cond_features")
+    ap.add_argument("--views-dir", default=None,
+                    help="attach <id or stem>/*.png (RGBA, transparent background) as the conditioning views")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if not args.input and not args.embedded:
@@ -223,7 +227,8 @@ def main(argv=None):
         jobs += embedded_jobs(args.embedded)
         classes = list(CLASSES)
     summary = prepare([], args.output, cfg, args.seed, args.workers, args.shard_size, args.timeout,
-                      args.retry_errors, features_dir=args.features_dir, progress=not args.no_progress,
+                      args.retry_errors, features_dir=args.features_dir, views_dir=args.views_dir,
+                      progress=not args.no_progress,
                       jobs=jobs, classes=classes)
     print(json.dumps({k: summary[k] for k in ("num_inputs", "num_ok", "num_error", "error_reasons")}))
     if summary["num_inputs"] and summary["num_ok"] == 0:

@@ -59,7 +59,7 @@ def _synthetic_epoch(data, fields, process_index: int, process_count: int, split
 
 
 def make_data_iterator(data, fields: Sequence[str], family: str, *, process_index: int, process_count: int,
-                       one_epoch: bool = False, sharding=None, split: str = "train", num_queries=None):
+                       one_epoch: bool = False, sharding=None, split: str = "train", num_queries=None, views=None):
     """This process's iterator over the stage's data.
 
     Args:
@@ -73,6 +73,7 @@ def make_data_iterator(data, fields: Sequence[str], family: str, *, process_inde
       split: ``"train"`` (everything outside the held-out split ``data.holdout``) or ``"holdout"`` (evaluation:
         the shapes whose id hashes into the held-out fraction; synthetic: fresh indices past ``num_examples``).
       num_queries: overrides ``data.num_queries`` (vecset ``(volume, near, sharp)`` queries per example).
+      views: how the records' rendered views become ``cond_image`` (``jaxshape.data.pipeline.ViewConfig``).
 
     Returns:
       An iterator of ``{field: array [local batch, ...]}``; the endless one has ``get_state`` / ``set_state``.
@@ -86,6 +87,9 @@ def make_data_iterator(data, fields: Sequence[str], family: str, *, process_inde
         raise ValueError("evaluating on held-out shapes needs data.holdout > 0 (the fraction of shapes kept out of "
                          "training)")
     if data.source == "synthetic":
+        if "cond_image" in fields:
+            raise ValueError("data.source='synthetic' has no rendered views for cond.kind='image': use records "
+                             "prepared with views (python -m jaxshape.data.prepare --views N)")
         if one_epoch:
             return _synthetic_epoch(data, fields, process_index, process_count, split)
         if split == "holdout":
@@ -104,7 +108,7 @@ def make_data_iterator(data, fields: Sequence[str], family: str, *, process_inde
                       process_count=process_count, num_queries=nq, augment=None if one_epoch else augment_config(data),
                       worker_count=data.worker_count, num_epochs=1 if one_epoch else None,
                       drop_remainder=not one_epoch, split="all" if not data.holdout else split,
-                      holdout=data.holdout)
+                      holdout=data.holdout, views=views)
     if one_epoch:
         return iter(ds)
     return DeviceIterator(ds, sharding=sharding, buffer_size=data.prefetch)

@@ -98,5 +98,5 @@ def mesh_example(source, cfg: TargetConfig, seed: int = 0, mesh_id: Optional[str
         g = vs["query_gt"]
         stats["query_inside_frac"] = round(float((g > 0).mean()), 4)
     for k, val in (features or {}).items():
-        ex[k] = np.asarray(val)
+        ex[k] = val if isinstance(val, list) else np.asarray(val)  # lists: e.g. PNG bytes of views
     return ex, stats

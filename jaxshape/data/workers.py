@@ -5,6 +5,7 @@ that mesh: the worker is replaced and the mesh is reported as failed ("worker_cr
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import time
@@ -21,21 +22,71 @@ from .targets import TargetConfig, config_from_json, mesh_example
 PrepJob = Tuple[str, str, int]  # (mesh id, path, class label): one mesh to prepare
 
 
+@dataclasses.dataclass(frozen=True)
+class Attachments:
+    """Conditioning stored with each record: ``features_dir/<id or stem>.npy`` as ``cond_features``;
+    ``views_dir/<id or stem>/*.png`` (sorted by name, with alpha) as ``cond_views`` (the PNG bytes)."""
+    features_dir: Optional[str] = None
+    views_dir: Optional[str] = None
+
+
+def _names(mid, path):
+    return (mid, os.path.splitext(os.path.basename(path))[0])
+
+
 def _load_features(features_dir, mid, path):
-    if not features_dir:
-        return None
-    for name in (mid, os.path.splitext(os.path.basename(path))[0]):
+    for name in _names(mid, path):
         fp = os.path.join(features_dir, name + ".npy")
         if os.path.exists(fp):
             return {"cond_features": np.load(fp)}
-    return None
+    return {}
 
 
-def run_job(job: PrepJob, cfg: TargetConfig, seed: int, features_dir: Optional[str]):
+def load_views_dir(views_dir: str, mid: str, path: str) -> dict:
+    """``{"cond_views": [PNG bytes, ...]}`` from ``views_dir/<id or stem>/*.png``; a missing folder or an unreadable
+    or alpha-less image is a ``MeshError`` naming the file (the mesh is reported, the job carries on)."""
+    from PIL import Image
+
+    for name in _names(mid, path):
+        folder = os.path.join(views_dir, name)
+        if os.path.isdir(folder):
+            break
+    else:
+        raise MeshError("missing_views", f"no folder {os.path.join(views_dir, mid)}")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(".png"))
+    if not files:
+        raise MeshError("missing_views", f"no .png in {folder}")
+    views = []
+    for f in files:
+        fp = os.path.join(folder, f)
+        try:
+            with Image.open(fp) as im:
+                im.load()
+                mode = im.mode
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types for corrupt files
+            raise MeshError("bad_view", f"{fp}: {type(e).__name__}: {e}") from None
+        if mode not in ("RGBA", "LA", "PA") and not (mode == "P" and "transparency" in im.info):
+            raise MeshError("bad_view", f"{fp}: mode {mode} has no alpha (conditioning views need a transparent "
+                                        f"background)")
+        with open(fp, "rb") as fh:
+            views.append(fh.read())
+    return {"cond_views": views}
+
+
+def attachments_of(attach: Attachments, mid: str, path: str) -> dict:
+    out = {}
+    if attach.features_dir:
+        out.update(_load_features(attach.features_dir, mid, path))
+    if attach.views_dir:
+        out.update(load_views_dir(attach.views_dir, mid, path))
+    return out
+
+
+def run_job(job: PrepJob, cfg: TargetConfig, seed: int, attach: Attachments = Attachments()):
     """One mesh -> ``("ok", id, record bytes, stats)`` or ``("error", id, reason, detail)``; never raises."""
     mid, path, label = job
     try:
-        ex, stats = mesh_example(path, cfg, seed, mid, label, _load_features(features_dir, mid, path))
+        ex, stats = mesh_example(path, cfg, seed, mid, label, attachments_of(attach, mid, path))
         ex["source"] = os.path.abspath(path)
         return ("ok", mid, encode_example(ex), stats)
     except MeshError as e:
@@ -46,7 +97,7 @@ def run_job(job: PrepJob, cfg: TargetConfig, seed: int, features_dir: Optional[s
         return ("error", mid, "exception", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-800:]}")
 
 
-def _worker_main(conn, cfg_json, seed, features_dir):
+def _worker_main(conn, cfg_json, seed, attach):
     cfg = config_from_json(cfg_json)
     import warnings
 
@@ -58,16 +109,16 @@ def _worker_main(conn, cfg_json, seed, features_dir):
             return
         if job is None:
             return
-        conn.send(run_job(tuple(job), cfg, seed, features_dir))
+        conn.send(run_job(tuple(job), cfg, seed, attach))
 
 
 class WorkerPool:
     """Minimal crash-tolerant process pool: one job per worker at a time; a dead/hung worker is replaced and its
     job reported as failed."""
 
-    def __init__(self, n, cfg_json, seed, features_dir, timeout):
+    def __init__(self, n, cfg_json, seed, attach, timeout):
         self.ctx = mp.get_context("spawn")
-        self.args = (cfg_json, seed, features_dir)
+        self.args = (cfg_json, seed, attach)
         self.timeout = timeout
         self.workers = [self._spawn() for _ in range(n)]
 

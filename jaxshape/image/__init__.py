@@ -4,9 +4,11 @@
 * :func:`partpacker_preprocess`: PartPacker ``infer.py`` -> float32 ``[518, 518, 3]`` in [0, 1], object on white (90 %).
 * :func:`recenter_foreground`, :func:`resize_like_cv2`: the PartPacker building blocks (cv2, or a NumPy equivalent).
 * :func:`imagenet_normalize`: ``(x - mean) / std`` channels-last, float32.
+* :func:`encode_png` / :func:`decode_png`: how records store views.
 
 Details and the differences from upstream: :mod:`jaxshape.image.preprocess`.
 """
+from jaxshape.image.codec import decode_png, encode_png
 from jaxshape.image.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -17,5 +19,5 @@ from jaxshape.image.preprocess import (
     trellis_preprocess,
 )
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "trellis_preprocess", "partpacker_preprocess", "recenter_foreground",
-           "resize_like_cv2", "imagenet_normalize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "decode_png", "encode_png", "imagenet_normalize", "partpacker_preprocess",
+           "recenter_foreground", "resize_like_cv2", "trellis_preprocess"]

@@ -125,10 +125,21 @@ def stage_config(stage: str) -> ConfigDict:
         c.vae_checkpoint = ""
         c.pre_encode = False  # encode the dataset once with the frozen VAE (cached in the workdir)
         c.cond = ConfigDict(dict(
-            kind="class",  # "class" (a learned label table) or "features" (precomputed cond_features tokens)
+            # "class" (a learned label table), "features" (precomputed cond_features tokens) or "image" (rendered
+            # views of the record, read by a frozen image encoder inside the train step)
+            kind="class",
             num_classes=10,  # class: labels 0..num_classes-1; label num_classes is the learned null label
             tokens=1,  # class: condition tokens per label
-            p_uncond=0.1,  # classifier-free-guidance dropout probability
+            p_uncond=0.1,  # classifier-free-guidance dropout probability (image / features: zero tokens)
+            encoder="dinov2_vitl14_reg",  # image: the encoder's architecture (a jaxshape.models.released name)
+            # image: its weights (a jaxshape.convert output, a torch-hub .pth or an HF folder); "": a random-init
+            # stand-in (runs the pipeline, knows nothing about images)
+            encoder_checkpoint="",
+            encoder_dtype="float32",  # image: the encoder's compute dtype (PartPacker: bfloat16)
+            tap="prenorm_ln",  # image: the condition tap (jaxshape.models.image_condition)
+            views=1,  # image: views per example (TRELLIS 1; PartPacker k, the latent repeated per view)
+            preprocess="trellis",  # image: "trellis" (crop by alpha, on black) or "partpacker" (90 %, on white)
+            image_size=518,  # image: side of the preprocessed view in pixels (a multiple of the patch size)
         ))
         if stage == SS_FLOW:
             c.flow = ConfigDict(dict(

@@ -38,13 +38,13 @@ def heldout_examples(task: Task, config, n: int) -> dict:
     nq = task.eval_num_queries(config.eval.num_queries)
     if config.data.source == "synthetic":
         it = make_data_iterator(config.data, task.eval_fields, task.family, process_index=0, process_count=1,
-                                one_epoch=True, split="holdout", num_queries=nq)
+                                one_epoch=True, split="holdout", num_queries=nq, views=task.view_config())
         return _first(it, task.eval_fields, n)
     if not config.data.holdout > 0:
         raise ValueError("evaluating on held-out shapes needs data.holdout > 0 (the fraction of shapes kept out of "
                          "training)")
     return read_spread(records_path(config.data, task.family), n, task.eval_fields, split="holdout",
-                       holdout=config.data.holdout, num_queries=nq, seed=config.eval.seed)
+                       holdout=config.data.holdout, num_queries=nq, seed=config.eval.seed, views=task.view_config())
 
 
 def pool_class_accuracy(points: np.ndarray, labels: np.ndarray) -> float:

@@ -48,8 +48,9 @@ def pre_encoded_iterator(config, task, frozen, workdir: Path) -> ArrayIterator:
     """Encode this process's shard once with the frozen VAE (``frozen``: the task's loaded frozen inputs; cached
     in the workdir) and iterate over the latents and conditioning fields, shuffled per epoch."""
     pi, pc = jax.process_index(), jax.process_count()
+    # (image conditioning: the views are drawn once per example here, not per step)
     epoch = make_data_iterator(config.data, task.encoder_fields + task.cond_fields, task.family,
-                               process_index=pi, process_count=pc, one_epoch=True)
+                               process_index=pi, process_count=pc, one_epoch=True, views=task.view_config())
     arrays = encode_dataset(task, jax.device_put(frozen), epoch, task.cond_fields,
                             workdir / f"latents_process{pi}-of-{pc}.npz")
     return ArrayIterator(arrays, config.data.batch_size // pc, seed=config.data.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import logging
 from pathlib import Path
 from typing import ClassVar, Iterable, Optional
 
@@ -19,6 +20,7 @@ from jaxshape.nn import LabelConditioner
 from jaxshape.trainer.checkpoint import load_frozen_models
 from jaxshape.trainer.latents import pre_encoded_iterator
 
+log = logging.getLogger("jaxshape.train")
 VECSET_INPUT_KEYS = ("pointcloud", "pointcloud_dorases", "fps_indices", "fps_indices_dorases")
 
 
@@ -44,6 +46,58 @@ def _first(batches: Iterable[dict], fields: tuple, n: int) -> dict:
 def input_infos(inputs: dict, n: int) -> list[dict]:
     """Per shape, the scalar sample inputs it was made from (e.g. ``{"class_label": 3}``), for ``samples.jsonl``."""
     return [{k: np.asarray(v)[i].item() for k, v in inputs.items() if np.ndim(v) == 1} for i in range(n)]
+
+
+COND_KINDS = ("class", "features", "image")
+
+
+def encoder_overrides(cond) -> dict:
+    """Constructor overrides of the frozen image encoder: its compute dtype."""
+    return {} if cond.encoder_dtype in ("", "float32") else {"dtype": jnp.dtype(cond.encoder_dtype)}
+
+
+def load_image_encoder(encoder: nn.Module, cond, seed: int) -> dict:
+    """The frozen encoder's variables: ``cond.encoder_checkpoint`` (a ``jaxshape.convert`` / ``models.save``
+    folder, a torch-hub ``.pth`` or an HF file / folder: ``jaxshape.convert.dino.load_dino``), or, when empty, a
+    random initialisation from ``seed`` -- a stand-in that runs the pipeline but carries no image knowledge."""
+    from jaxshape.convert.dino import load_dino
+    from jaxshape.models import load
+
+    path = cond.encoder_checkpoint
+    if not path:
+        log.warning("cond.encoder_checkpoint is empty: the image encoder %s is a random-init stand-in (point it at "
+                    "converted DINO weights for a real one)", cond.encoder)
+        x = jnp.zeros((1, cond.image_size, cond.image_size, 3), jnp.float32)
+        return jax.jit(encoder.init)(jax.random.fold_in(jax.random.key(seed), 0x1A6E), x)
+    p = Path(path)
+    if (p / "model.json").is_file():
+        module, variables = load(p)
+    else:
+        module, variables = load_dino(p, None if (p / "config.json").is_file() else cond.encoder)
+    if module.clone(dtype=encoder.dtype) != encoder:
+        raise ValueError(f"cond.encoder_checkpoint {path} holds {module}, not cond.encoder={cond.encoder!r} "
+                         f"({encoder}); set cond.encoder to the checkpoint's architecture")
+    return variables
+
+
+def encode_images(encoder: nn.Module, variables, images, tap: str) -> jax.Array:
+    """``[B·k, T, C]`` fp32 condition tokens of ``images [B, k, S, S, 3]`` in [0, 1] (ImageNet-normalised here),
+    computed under ``stop_gradient`` in the encoder's dtype."""
+    from jaxshape.image import IMAGENET_MEAN, IMAGENET_STD
+    from jaxshape.models import image_condition
+
+    b, k = images.shape[:2]
+    x = images.reshape((b * k,) + images.shape[2:]).astype(jnp.float32)
+    x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+    tokens = image_condition(encoder.apply(jax.lax.stop_gradient(variables), x), tap, dtype=jnp.float32)
+    return jax.lax.stop_gradient(tokens)
+
+
+def first_view(batch: dict) -> dict:
+    """Sampling and evaluation condition on one view per example: ``cond_image[:, :1]``."""
+    if "cond_image" in batch:
+        return {**batch, "cond_image": batch["cond_image"][:, :1]}
+    return batch
 
 
 class Task(abc.ABC):
@@ -80,10 +134,14 @@ class Task(abc.ABC):
         state. Default: none."""
         return {}
 
+    def view_config(self):
+        """How the data draws rendered views (``cond_image``); None: the stage reads none."""
+        return None
+
     def data_iterator(self, workdir: Path, external: dict, sharding=None):
         """This process's endless, checkpointable training iterator (``config.data``; ``jaxshape.data.sources``)."""
         return make_data_iterator(self.config.data, self.fields, self.family, process_index=jax.process_index(),
-                                  process_count=jax.process_count(), sharding=sharding)
+                                  process_count=jax.process_count(), sharding=sharding, views=self.view_config())
 
     @abc.abstractmethod
     def init(self, rng: jax.Array, batch: dict, external: dict) -> dict:
@@ -161,9 +219,11 @@ class FlowTask(Task):
     def __init__(self, config):
         super().__init__(config)
         c = config.cond
-        if c.kind not in ("class", "features"):
-            raise ValueError(f"cond.kind must be 'class' or 'features', got {c.kind!r}")
+        if c.kind not in COND_KINDS:
+            raise ValueError(f"cond.kind must be one of {COND_KINDS}, got {c.kind!r}")
         self.vae: Optional[dict] = None  # role -> module, set by load_frozen
+        # image: the frozen image encoder (jaxshape.models.DinoViT); its variables are loaded by load_frozen
+        self.encoder = build(c.encoder, **encoder_overrides(c)) if c.kind == "image" else None
 
     def _init_conditioner(self, channels: int) -> None:
         c = self.config.cond
@@ -171,7 +231,18 @@ class FlowTask(Task):
 
     @property
     def cond_fields(self) -> tuple:
-        return ("class_label",) if self.config.cond.kind == "class" else ("cond_features",)
+        return {"class": ("class_label",), "features": ("cond_features",), "image": ("cond_image",)}[
+            self.config.cond.kind]
+
+    def view_config(self):
+        """How the data draws ``cond_image`` for ``cond.kind = "image"`` (``jaxshape.data.pipeline.ViewConfig``)."""
+        if self.config.cond.kind != "image":
+            return None
+        from jaxshape.data.pipeline import ViewConfig
+
+        c = self.config.cond
+        return ViewConfig(count=c.views, preprocess=c.preprocess, size=c.image_size,
+                          patch_size=self.encoder.patch_size)
 
     @property
     def fields(self) -> tuple:
@@ -179,7 +250,7 @@ class FlowTask(Task):
 
     @property
     def sample_fields(self) -> tuple:
-        return () if self.config.cond.kind == "class" else ("cond_features",)
+        return () if self.config.cond.kind == "class" else self.cond_fields
 
     def modules(self):
         return {"model": self.model}
@@ -188,7 +259,13 @@ class FlowTask(Task):
         loaded = load_frozen_models(self.config.vae_checkpoint, self.vae_parts, self.stage)
         self.vae = {role: module for role, (module, _) in loaded.items()}
         self.check_vae()
-        return {"vae": {role: variables for role, (_, variables) in loaded.items()}}
+        frozen = {"vae": {role: variables for role, (_, variables) in loaded.items()}}
+        if self.encoder is not None:
+            if self.encoder.embed_dim != self.cond_channels:
+                raise ValueError(f"cond.encoder {self.config.cond.encoder!r} gives {self.encoder.embed_dim}-wide "
+                                 f"tokens but the flow model takes cond_channels={self.cond_channels}")
+            frozen["encoder"] = load_image_encoder(self.encoder, self.config.cond, self.config.seed)
+        return frozen
 
     def data_iterator(self, workdir, external, sharding=None):
         """With ``pre_encode``: the dataset encoded once by the frozen VAE (cached in the workdir)."""
@@ -253,14 +330,21 @@ class FlowTask(Task):
 
     # -- shared flow wiring
 
-    def condition(self, params, batch, rng, drop: bool):
+    def condition(self, params, frozen, batch, rng, drop: bool):
+        """The condition tokens of a batch: learned label tokens, the records' features, or (``image``) the frozen
+        encoder's tokens of ``cond_image [B, k, S, S, 3]`` -- ``[B·k, T, C]``, example-major (PartPacker's
+        ``repeat_interleave`` order), under ``stop_gradient``. With ``drop``, CFG dropout to the null condition
+        (the null label; zeros for features and images, after the encoder's LayerNorm) with ``cond.p_uncond``."""
         c = self.config.cond
         if c.kind == "class":
             labels = batch["class_label"].astype(jnp.int32)
             if drop:
                 labels = jnp.where(jax.random.uniform(rng, labels.shape) < c.p_uncond, c.num_classes, labels)
             return self.conditioner.apply({"params": params["conditioner"]}, labels)
-        feats = batch["cond_features"].astype(jnp.float32)
+        if c.kind == "image":
+            feats = encode_images(self.encoder, frozen["encoder"], batch["cond_image"], c.tap)
+        else:
+            feats = batch["cond_features"].astype(jnp.float32)
         if drop:
             feats = flow.cfg_dropout(rng, feats, jnp.zeros_like(feats[:1]), c.p_uncond)
         return feats
@@ -280,6 +364,10 @@ class FlowTask(Task):
         if self.conditioner is not None:
             params["conditioner"] = self.conditioner.init(k_cond, jnp.zeros((b,), jnp.int32))["params"]
             cond = jnp.zeros((b, self.config.cond.tokens, self.cond_channels))
+        elif self.config.cond.kind == "image":
+            cond = jax.eval_shape(lambda e, im: encode_images(self.encoder, e, im, self.config.cond.tap),
+                                  external["encoder"], batch["cond_image"][:, :1])
+            cond = jnp.zeros(cond.shape, jnp.float32)
         else:
             cond = batch["cond_features"].astype(jnp.float32)
         params["model"] = self.init_model(k_model, jnp.zeros(x0.shape, jnp.float32), jnp.zeros((b,)), cond)
@@ -297,7 +385,7 @@ class FlowTask(Task):
         # example i's noise from fold_in(rng, i): the same whatever the batch it is evaluated in
         noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), x0.shape[1:]))(
             jnp.arange(x0.shape[0]))
-        cond = self.condition(params, batch, rng, drop=False)
+        cond = self.condition(params, frozen, first_view(batch), rng, drop=False)
 
         def one(t):
             x_t, target, mt = self.noise_at(x0, noise, jnp.full((x0.shape[0],), t, jnp.float32))
@@ -308,8 +396,11 @@ class FlowTask(Task):
     def loss(self, params, frozen, batch, rng):
         kn, kc = jax.random.split(rng)
         x0 = self.latents(frozen, batch)
+        cond = self.condition(params, frozen, batch, kc, drop=True)
+        if cond.shape[0] != x0.shape[0]:  # k views per example: the latent repeated per view (PartPacker)
+            x0 = jnp.repeat(x0, cond.shape[0] // x0.shape[0], axis=0)
         x_t, target, t = self.noising(kn, x0)
-        pred = self.velocity(params, frozen, x_t, t, self.condition(params, batch, kc, drop=True))
+        pred = self.velocity(params, frozen, x_t, t, cond)
         loss = flow.mse(pred, target)
         return loss, {"mse": loss}
 
@@ -321,9 +412,9 @@ class FlowTask(Task):
 
     def sample(self, params, frozen, rng, inputs, progress=None):
         """Generations for ``inputs`` (labels or features); ``progress(steps done)`` is called per Euler step."""
-        inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+        inputs = first_view({k: jnp.asarray(v) for k, v in inputs.items()})
         b = inputs[self.cond_fields[0]].shape[0]
-        cond = self.condition(params, inputs, rng, drop=False)
+        cond = self.condition(params, frozen, inputs, rng, drop=False)
         noise = jax.random.normal(rng, (b,) + tuple(self.latent_shape(frozen)))
         z = flow.euler_sample(lambda x, t, c: self.velocity(params, frozen, x, t, c), noise, cond,
                               self.uncondition(params, b, cond), progress=progress, **self.sampler_args())

@@ -1,0 +1,136 @@
+"""cond.kind = "image": views attached by prepare, drawn and preprocessed by the data pipeline, read by the frozen
+image encoder inside the train step (stop_gradient, never optimised), CFG dropout, k views per example."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxshape.data.pipeline import ViewConfig, draw_views, make_dataset
+from jaxshape.data.prepare import prepare
+from jaxshape.data.procedural import CLASSES, embedded_jobs
+from jaxshape.data.targets import TargetConfig
+from jaxshape.families import SPARSE_STRUCTURE
+from jaxshape.image import encode_png
+from jaxshape.trainer.loop import run
+from jaxshape.trainer.tasks import make_task
+from jaxshape.trainer.tasks.base import encode_images
+from tests.tiny_configs import tiny_config
+from tests.trainer.conftest import one_device
+
+NUM = 8
+
+
+def _view(label: int, k: int, size: int = 40) -> np.ndarray:
+    """An RGBA view: a disc whose radius depends on the class and colour on the view index, transparent elsewhere."""
+    yy, xx = np.mgrid[:size, :size]
+    r = 6 + 2 * (label % 5)
+    inside = (yy - size / 2 + k) ** 2 + (xx - size / 2) ** 2 <= r * r
+    img = np.zeros((size, size, 4), np.uint8)
+    img[inside] = (40 * (k + 1), 200 - 20 * label, 90, 255)
+    return img
+
+
+@pytest.fixture(scope="module")
+def view_records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("views")
+    jobs = embedded_jobs(NUM + 1)
+    views = root / "views"
+    for mid, _, label in jobs[:NUM]:  # the last mesh has no views: reported, the job carries on
+        (views / mid).mkdir(parents=True)
+        for k in range(3):
+            (views / mid / f"{k:03d}.png").write_bytes(encode_png(_view(label, k)))
+    out = root / "records"
+    cfg = TargetConfig(targets=(SPARSE_STRUCTURE,), resolution=8, vecset=TargetConfig.small(8, 256).vecset)
+    summary = prepare([], str(out), cfg, workers=0, progress=False, jobs=jobs, classes=list(CLASSES),
+                      views_dir=str(views))
+    assert summary["num_ok"] == NUM and summary["num_error"] == 1
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rows if r["status"] == "error"] == ["missing_views"]
+    return str(out)
+
+
+def _config(records, vae_dirs, **over):
+    return tiny_config("ss_flow", vae_dirs, **{
+        "data.source": "records", "data.path": records, "data.batch_size": 4, "cond.kind": "image",
+        "cond.encoder": "dinov2_tiny", "cond.image_size": 28, "model.cond_channels": 96, **over})
+
+
+def _batch(records, views=1, n=4):
+    ds = make_dataset(records, n, family=SPARSE_STRUCTURE, keys=("occupancy", "cond_image"), seed=0,
+                      views=ViewConfig(count=views, size=28))
+    return {k: jnp.asarray(v) for k, v in next(iter(ds)).items()}
+
+
+def test_views_are_drawn_and_preprocessed(view_records):
+    from jaxshape.data.records import RecordSource
+    from jaxshape.image import decode_png, trellis_preprocess
+
+    ex = RecordSource(view_records)[0]
+    assert len(ex["cond_views"]) == 3
+    np.testing.assert_array_equal(decode_png(ex["cond_views"][1]), _view(int(ex["class_label"]), 1))
+    rng = np.random.default_rng(3)
+    img = draw_views(ex, ViewConfig(count=2, size=28), rng)
+    assert img.shape == (2, 28, 28, 3) and img.dtype == np.float32
+    picked = np.random.default_rng(3).choice(3, size=2, replace=False)
+    for j, i in enumerate(picked):  # distinct views, TRELLIS's rule applied to each
+        ref = trellis_preprocess(decode_png(ex["cond_views"][int(i)]), size=28).astype(np.float32) / 255
+        np.testing.assert_array_equal(img[j], ref)
+    assert float(img[0, 0, 0].max()) == 0.0  # black background (premultiplied)
+    batch = _batch(view_records)
+    assert batch["cond_image"].shape == (4, 1, 28, 28, 3) and "cond_views" not in batch
+    with pytest.raises(ValueError, match="has no views"):
+        draw_views({"id": "m"}, ViewConfig(), rng)
+
+
+def test_encoder_is_frozen_and_the_loss_equals_the_cached_features_path(view_records, vae_dirs):
+    task = make_task(_config(view_records, vae_dirs))
+    frozen = {**task.frozen_variables(), **task.load_frozen()}
+    batch = _batch(view_records)
+    params = task.init(jax.random.key(0), batch, frozen)
+    assert set(params) == {"model"}  # the encoder is not a trainable parameter: never in the optimiser
+    rng = jax.random.key(7)
+    loss, _ = task.loss(params, frozen, batch, rng)
+    g_frozen = jax.grad(lambda f: task.loss(params, f, batch, rng)[0])(frozen)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g_frozen["encoder"]))
+    # the same batch with the encoder's tokens precomputed (the --features-dir path)
+    tokens = encode_images(task.encoder, frozen["encoder"], batch["cond_image"], "prenorm_ln")
+    assert tokens.shape == (4, 1 + 4 + 4, 96)
+    cached = make_task(_config(view_records, vae_dirs, **{"cond.kind": "features"}))
+    frozen_c = {**cached.frozen_variables(), **cached.load_frozen()}
+    loss_c, _ = cached.loss(params, frozen_c, {"occupancy": batch["occupancy"], "cond_features": tokens}, rng)
+    assert abs(float(loss) - float(loss_c)) <= 1e-6
+
+
+def test_k_views_repeat_the_latent_example_major_and_dropout_rate(view_records, vae_dirs):
+    task = make_task(_config(view_records, vae_dirs, **{"cond.views": 2, "pre_encode": True}))
+    frozen = {**task.frozen_variables(), **task.load_frozen()}
+    batch = _batch(view_records, views=2)
+    latent = jax.random.normal(jax.random.key(1), (4, 4, 4, 4, 4))  # pre-encoded [B, 4³, 4] latents
+    img_batch = {"latent": latent, "cond_image": batch["cond_image"]}
+    params = task.init(jax.random.key(0), img_batch, frozen)
+    rng = jax.random.key(5)
+    loss, _ = task.loss(params, frozen, img_batch, rng)
+    tokens = encode_images(task.encoder, frozen["encoder"], batch["cond_image"], "prenorm_ln")  # [8, T, C]
+    cached = make_task(_config(view_records, vae_dirs, **{"cond.kind": "features", "pre_encode": True}))
+    frozen_c = {**cached.frozen_variables(), **cached.load_frozen()}
+    repeated = {"latent": np.repeat(np.asarray(latent), 2, axis=0), "cond_features": tokens}  # repeat_interleave
+    loss_c, _ = cached.loss(params, frozen_c, repeated, rng)
+    assert abs(float(loss) - float(loss_c)) <= 1e-6
+    # CFG dropout: zero condition tokens (after the LayerNorm) at rate cond.p_uncond
+    many = {"cond_image": jnp.tile(batch["cond_image"][:, :1], (100, 1, 1, 1, 1))}  # 400 examples
+    cond = task.condition(params, frozen, many, jax.random.key(11), drop=True)
+    dropped = float(jnp.mean(jnp.all(cond == 0, axis=(1, 2))))
+    assert 0.06 <= dropped <= 0.14  # p_uncond 0.1 over 400 draws (±2.7 sd)
+
+
+def test_image_conditioned_stage_trains_and_samples(view_records, vae_dirs, tmp_path):
+    config = _config(view_records, vae_dirs, **{"sample_at_end": True, "num_samples": 2})
+    run(config, tmp_path / "wd", mesh=one_device())
+    rows = [json.loads(line) for line in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert len(list((tmp_path / "wd" / "samples").rglob("*.glb"))) == 2
+    with pytest.raises(ValueError, match="cond_channels=32"):
+        make_task(_config(view_records, vae_dirs, **{"model.cond_channels": 32})).load_frozen()
