@@ -198,8 +198,12 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
     abstract_state = jax.eval_shape(init_boxed, jax.random.key(config.seed))
     state_sh = shd.shardings_from_boxed(abstract_state, mesh, rules)
     state = jax.jit(lambda r: nn.meta.unbox(init_boxed(r)), out_shardings=state_sh)(jax.random.key(config.seed))
-    # frozen inputs (buffers, a trained VAE) travel beside the state, replicated
-    frozen = jax.device_put({**task.frozen_variables(), **external}, shd.replicated(mesh))
+    # frozen inputs (buffers, a trained VAE) travel beside the state, replicated; an image encoder is sharded
+    # with the model rules (task.sharded_frozen)
+    frozen = {**task.frozen_variables(), **external}
+    boxes = task.sharded_frozen()
+    frozen = jax.device_put(frozen, {k: shd.shardings_from_boxed(boxes[k], mesh, rules) if k in boxes else
+                                     jax.tree.map(lambda _: shd.replicated(mesh), v) for k, v in frozen.items()})
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
     # ---- restore: the newest checkpoint, straight into the target shardings (any mesh size)

@@ -148,6 +148,11 @@ class Task(abc.ABC):
         """The trainable parameters, for a batch of zeros shaped like the data; ``external`` is
         :meth:`load_frozen`'s output (use it abstractly: shapes only)."""
 
+    def sharded_frozen(self) -> dict:
+        """Parts of the frozen inputs placed with the model-parallel rules instead of replicated:
+        ``{key: boxed abstract variables}`` (logical-axis annotated, like the trained models). Default: none."""
+        return {}
+
     def frozen_variables(self) -> dict:
         """Non-trainable variables of the trained models, computed from the config alone (e.g. TRELLIS's
         ``pos_emb`` buffer); they sit beside :meth:`load_frozen`'s output in ``frozen``. Default: none."""
@@ -272,6 +277,14 @@ class FlowTask(Task):
         if self.config.pre_encode:
             return pre_encoded_iterator(self.config, self, external, workdir)
         return super().data_iterator(workdir, external, sharding)
+
+    def sharded_frozen(self):
+        """The frozen image encoder is FSDP-sharded like a trained model (ViT-g/14 is 1.1 B parameters)."""
+        if self.encoder is None:
+            return {}
+        from jaxshape.convert.state_dict import abstract_variables
+
+        return {"encoder": abstract_variables(self.encoder, unbox=False)}
 
     def _vae(self, role: str) -> nn.Module:
         if self.vae is None:
