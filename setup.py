@@ -39,13 +39,16 @@ setup(
         # torch must be the CPU build: install it first with `pip install torch==2.13.0`
         # (a bare `torch` requirement resolves to a multi-GB CUDA build).
         # transformers: the DINOv2 / DINOv3 parity oracle (models built from configs; nothing is downloaded)
-        "test": ["pytest>=8", "torch>=2.4", "transformers>=4.56"],
-        "dev": ["pytest>=8", "torch>=2.4", "transformers>=4.56", "ruff==0.17.6"],
+        # moderngl: the view renderer (its tests skip on a machine without a system EGL)
+        "test": ["pytest>=8", "torch>=2.4", "transformers>=4.56", "moderngl==5.13.0"],
+        "dev": ["pytest>=8", "torch>=2.4", "transformers>=4.56", "moderngl==5.13.0", "ruff==0.17.6"],
         # optional accelerators of `python -m jaxshape.data.prepare` (exact numpy fallbacks exist):
         # fpsample builds from source with Rust on Python 3.11; open3d speeds up the TSDF ~2x
         "fast": ["fpsample>=1.0", "open3d>=0.18"],
         # PartPacker's image preprocessing exactly as upstream (cv2 resizes; jaxshape.image has an equal numpy path)
         "cv2": ["opencv-python-headless>=4.10"],
+        # rendering conditioning views (prepare --views N): OpenGL over EGL; the system needs libEGL and a GL driver
+        "render": ["moderngl==5.13.0"],
     },
     entry_points={
         "console_scripts": [

@@ -86,7 +86,7 @@ def collect_inputs(inputs: List[str], class_from_dir: bool = False) -> Tuple[Lis
 def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), seed: int = 0, workers: int = 1,
             shard_size: int = 256, timeout: float = 600.0, retry_errors: bool = False, class_from_dir: bool = False,
             features_dir: Optional[str] = None, progress: bool = True, jobs: Optional[List[PrepJob]] = None,
-            views_dir: Optional[str] = None,
+            views_dir: Optional[str] = None, num_views: int = 0, view_size: int = 518,
             classes: Optional[List[str]] = None) -> dict:
     """Library entry point of the CLI; returns the summary also written to ``OUT/dataset.json``."""
     os.makedirs(output, exist_ok=True)
@@ -104,7 +104,11 @@ def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), 
         os.replace(cpath + ".tmp", cpath)
     if jobs is None:
         jobs, classes = collect_inputs(inputs, class_from_dir)
-    attach = Attachments(features_dir=features_dir, views_dir=views_dir)
+    attach = Attachments(features_dir=features_dir, views_dir=views_dir, num_views=num_views, view_size=view_size)
+    if num_views and not views_dir:
+        from .render import require_renderer
+
+        require_renderer()  # a missing renderer is one clear error, not one per mesh
     store = RecordStore(output, shard_size)
     done = {mid for mid, r in store.rows.items() if r["status"] == "ok" or not retry_errors}
     todo = [j for j in jobs if j[0] not in done]
@@ -215,6 +219,9 @@ def main(argv=None):
     ap.add_argument("--features-dir", default=None, help="attach <id>.npy / <stem>.npy as cond_features")
     ap.add_argument("--views-dir", default=None,
                     help="attach <id or stem>/*.png (RGBA, transparent background) as the conditioning views")
+    ap.add_argument("--views", type=int, default=0,
+                    help="render N conditioning views per mesh (TRELLIS's cameras; needs pip install -e '.[render]')")
+    ap.add_argument("--view-size", type=int, default=518, help="side of the rendered views in pixels")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if not args.input and not args.embedded:
@@ -228,6 +235,7 @@ def main(argv=None):
         classes = list(CLASSES)
     summary = prepare([], args.output, cfg, args.seed, args.workers, args.shard_size, args.timeout,
                       args.retry_errors, features_dir=args.features_dir, views_dir=args.views_dir,
+                      num_views=args.views, view_size=args.view_size,
                       progress=not args.no_progress,
                       jobs=jobs, classes=classes)
     print(json.dumps({k: summary[k] for k in ("num_inputs", "num_ok", "num_error", "error_reasons")}))

@@ -25,9 +25,13 @@ PrepJob = Tuple[str, str, int]  # (mesh id, path, class label): one mesh to prep
 @dataclasses.dataclass(frozen=True)
 class Attachments:
     """Conditioning stored with each record: ``features_dir/<id or stem>.npy`` as ``cond_features``;
-    ``views_dir/<id or stem>/*.png`` (sorted by name, with alpha) as ``cond_views`` (the PNG bytes)."""
+    ``views_dir/<id or stem>/*.png`` (sorted by name, with alpha) as ``cond_views`` (the PNG bytes); or
+    ``num_views`` views rendered from the mesh (``cond_views`` + ``cond_view_cameras`` ``[V, 4]``: yaw, pitch,
+    radius, fov in radians), the cameras seeded by ``(seed, mesh id)``."""
     features_dir: Optional[str] = None
     views_dir: Optional[str] = None
+    num_views: int = 0  # render this many views per mesh (jaxshape.data.render; TRELLIS's conditioning cameras)
+    view_size: int = 518  # their side in pixels
 
 
 def _names(mid, path):
@@ -73,12 +77,31 @@ def load_views_dir(views_dir: str, mid: str, path: str) -> dict:
     return {"cond_views": views}
 
 
-def attachments_of(attach: Attachments, mid: str, path: str) -> dict:
+def render_mesh_views(path: str, mid: str, num_views: int, size: int, seed: int) -> dict:
+    """``num_views`` rendered views of the mesh file (``jaxshape.data.render``) as record fields; a mesh the
+    renderer cannot draw is a ``MeshError`` (reason ``render_failed`` unless the renderer gave one)."""
+    from .render import conditioning_cameras, encode_png, render_views
+    from .targets import example_seed
+
+    cams = conditioning_cameras(num_views, np.random.default_rng([*example_seed(seed, mid).entropy, 0x7E]))
+    try:
+        views = render_views(path, cams, resolution=size, name=mid)
+    except (MeshError, ImportError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a driver or loader failure is this mesh's, not the job's
+        raise MeshError("render_failed", f"{type(e).__name__}: {e}") from None
+    return {"cond_views": [encode_png(v) for v in views],
+            "cond_view_cameras": np.array([[c["yaw"], c["pitch"], c["radius"], c["fov"]] for c in cams], np.float32)}
+
+
+def attachments_of(attach: Attachments, mid: str, path: str, seed: int = 0) -> dict:
     out = {}
     if attach.features_dir:
         out.update(_load_features(attach.features_dir, mid, path))
     if attach.views_dir:
         out.update(load_views_dir(attach.views_dir, mid, path))
+    elif attach.num_views:
+        out.update(render_mesh_views(path, mid, attach.num_views, attach.view_size, seed))
     return out
 
 
@@ -86,7 +109,7 @@ def run_job(job: PrepJob, cfg: TargetConfig, seed: int, attach: Attachments = At
     """One mesh -> ``("ok", id, record bytes, stats)`` or ``("error", id, reason, detail)``; never raises."""
     mid, path, label = job
     try:
-        ex, stats = mesh_example(path, cfg, seed, mid, label, attachments_of(attach, mid, path))
+        ex, stats = mesh_example(path, cfg, seed, mid, label, attachments_of(attach, mid, path, seed))
         ex["source"] = os.path.abspath(path)
         return ("ok", mid, encode_example(ex), stats)
     except MeshError as e:

@@ -9,8 +9,9 @@ rely on; :class:`FlowTask` adds the hooks every flow stage defines. Stages:
 * ``vecset_flow``: PartPacker's DiT on the frozen VAE's posterior means.
 
 Flow stages condition on a class label (a learned table whose last row is the learned null label), on
-precomputed feature tokens (``cond_features``; the unconditional value is zeros, as TRELLIS-image) or on rendered
-views read by a frozen image encoder inside the step (``cond_image``; zeros after its LayerNorm as unconditional). A task builds
+precomputed feature tokens (``cond_features``; the unconditional value is zeros, as TRELLIS-image) or on
+rendered views read by a frozen image encoder inside the step (``cond_image``; zeros after its LayerNorm as
+unconditional). A task builds
 its modules from the config and reads nothing from disk until :meth:`Task.load_frozen`, which the loop calls once.
 
 To add a stage: subclass :class:`Task` (or :class:`FlowTask`, in ``base.py``), define the abstract methods, add it
