@@ -5,6 +5,8 @@ Variants (``--config=configs/trellis_like.py:<variant>``):
 * ``demo`` (default): both stages at CPU size on the embedded procedural dataset (32³ occupancy, 8³×8
   latents, class-label conditioning, 10 % of the shapes held out and evaluated) -- the README's first command.
 * ``vae_demo`` / ``flow_demo``: the two stages of ``demo`` alone.
+* ``long``: ``demo`` trained longer, evaluated often (``docs/evaluation.md``: the curve of each metric against
+  training time, and when it reaches the demo goals).
 * ``vae``: the released ``ss_vae_conv3d_16l8`` architecture (64³, channels 32/128/512), TRELLIS's recipe
   (dice + 1e-3 KL, AdamW 1e-4, adaptive clipping, EMA 0.9999).
 * ``flow_L`` / ``flow_B`` / ``flow_XL``: released flow DiT sizes (img-L; txt-B; txt-XL) on 16³×8 latents,
@@ -82,6 +84,15 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         cfg.order = ("ss_vae", "ss_flow")
         cfg.stages = ml_collections.ConfigDict({"ss_vae": vae, "ss_flow": fl})
         return cfg
+    if variant == "long":
+        cfg = _variant("demo")
+        vae, fl = cfg.stages.ss_vae, cfg.stages.ss_flow
+        vae.steps, vae.eval.every = 800, 100
+        fl.steps, fl.eval.every, fl.eval.sample_every = 3000, 250, 500
+        fl.eval.num_samples = 32
+        for c in (vae, fl):
+            c.ckpt_every = 500
+        return cfg
     if variant == "vae_demo":
         return _variant("demo").stages.ss_vae
     if variant == "flow_demo":
@@ -90,4 +101,4 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         return vae_config("released")
     if variant in ("flow_L", "flow_B", "flow_XL"):
         return flow_config(variant.split("_")[1])
-    raise ValueError(f"unknown variant {variant!r}: demo, vae_demo, flow_demo, vae, flow_L, flow_B, flow_XL")
+    raise ValueError(f"unknown variant {variant!r}: demo, long, vae_demo, flow_demo, vae, flow_L, flow_B, flow_XL")

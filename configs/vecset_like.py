@@ -4,6 +4,8 @@ Variants (``--config=configs/vecset_like.py:<variant>``):
 
 * ``demo`` (default): both stages at CPU size on the embedded procedural dataset (class-label conditioning).
 * ``vae_demo`` / ``flow_demo``: the two stages of ``demo`` alone.
+* ``long``: ``demo`` on 400 shapes (60 held out), trained longer and evaluated often (``docs/evaluation.md``: the
+  curve of each metric against training time, and when it reaches the demo goals).
 * ``vae``: the released PartPacker VAE (``part_woenc``: 1024 wide, 24 decoder layers, dual salient
   perceivers, progressive FPS cut-off, MSE + L1 + 1e-3 KL).
 * ``flow``: the released PartPacker DiT (1536 wide, 24 layers, RMS qk-norm, no part embedding here: one
@@ -75,6 +77,17 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         cfg.order = ("vecset_vae", "vecset_flow")
         cfg.stages = ml_collections.ConfigDict({"vecset_vae": vae, "vecset_flow": fl})
         return cfg
+    if variant == "long":
+        cfg = _variant("demo")
+        vae, fl = cfg.stages.vecset_vae, cfg.stages.vecset_flow
+        for c in (vae, fl):
+            c.data.num_shapes = 400
+            c.data.holdout = 0.15
+            c.eval.num_shapes = 60
+        vae.steps, vae.eval.every = 4000, 500
+        fl.steps, fl.eval.every, fl.eval.sample_every = 3000, 500, 500
+        fl.eval.num_samples = 32
+        return cfg
     if variant == "vae_demo":
         return _variant("demo").stages.vecset_vae
     if variant == "flow_demo":
@@ -85,4 +98,4 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         return c
     if variant == "flow":
         return flow_config("released")
-    raise ValueError(f"unknown variant {variant!r}: demo, vae_demo, flow_demo, vae, flow")
+    raise ValueError(f"unknown variant {variant!r}: demo, long, vae_demo, flow_demo, vae, flow")
