@@ -120,7 +120,7 @@ def test_flow_bucket_losses_equal_the_interpolant_by_hand(evaluated):
     x0 = task.latents(frozen, {"occupancy": jnp.asarray(ex["occupancy"])})
     key = jax.random.key(config.eval.seed)
     noise = jnp.stack([jax.random.normal(jax.random.fold_in(key, i), x0.shape[1:]) for i in range(len(x0))])
-    cond = task.condition(params, {"class_label": jnp.asarray(ex["class_label"])}, key, drop=False)
+    cond = task.condition(params, frozen, {"class_label": jnp.asarray(ex["class_label"])}, key, drop=False)
     t = jnp.full((x0.shape[0],), 0.5)
     x_t, target = flow.trellis_noising(x0, noise, t, config.flow.sigma_min)
     mse = float(flow.mse(task.velocity(params, frozen, x_t, 1000.0 * t, cond), target))
