@@ -26,7 +26,7 @@ __all__ = ["MeshError", "TriMesh", "LoadLimits", "load_mesh", "clean_mesh", "nor
            "MESH_SUFFIXES"]
 
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
-_YUP_TO_ZUP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float64)
+YUP_TO_ZUP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float64)
 
 
 class MeshError(ValueError):
@@ -102,9 +102,9 @@ def load_mesh(path: str, limits: LoadLimits = LoadLimits(), up_axis: str = "auto
     v = np.asarray(loaded.vertices, dtype=np.float64)
     f = np.asarray(loaded.faces)
     if up_axis == "auto" and ext in (".glb", ".gltf"):
-        v = v @ _YUP_TO_ZUP.T
+        v = v @ YUP_TO_ZUP.T
     elif up_axis == "y":
-        v = v @ _YUP_TO_ZUP.T
+        v = v @ YUP_TO_ZUP.T
     mesh = clean_mesh(v, f, limits)
     mesh.stats.update(num_geometries=n_geom, file_bytes=size)
     return mesh

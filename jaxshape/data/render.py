@@ -66,17 +66,17 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from jaxshape.data.mesh_io import MeshError
+from jaxshape.data.mesh_io import YUP_TO_ZUP, MeshError, normalization_params
+from jaxshape.families import SPARSE_STRUCTURE
 from jaxshape.image.codec import decode_png, encode_png  # noqa: F401 - re-exported: views are stored as PNG
 
 __all__ = ["FOV_RANGE_DEG", "BOUND_RADIUS", "sphere_hammersley", "look_at", "conditioning_cameras", "render_views",
-           "encode_png", "decode_png", "normalize_unit_cube", "INSTALL_HINT"]
+           "encode_png", "decode_png", "INSTALL_HINT"]
 
 FOV_RANGE_DEG = (10.0, 70.0)
 BOUND_RADIUS = math.sqrt(3.0) / 2.0  # bounding sphere of the [-0.5, 0.5]^3 cube
 INSTALL_HINT = 'pip install -e ".[render]"  (or: pip install moderngl)'
 DEFAULT_GREY = 0.8  # linear; Blender's default surface (what TRELLIS's Cycles renders give an unmaterialled mesh)
-_YUP_TO_ZUP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float64)
 
 # --------------------------------------------------------------------------------------------------------- cameras
 
@@ -288,16 +288,8 @@ def _parts_of(mesh, up_axis: str) -> List[_Part]:
                             f"{type(mesh).__name__}")
     if up_axis == "y":
         for p in parts:
-            p.pos = p.pos @ _YUP_TO_ZUP.T
+            p.pos = p.pos @ YUP_TO_ZUP.T
     return parts
-
-
-def normalize_unit_cube(points: np.ndarray):
-    """``(center, scale)`` of TRELLIS's ``normalize_scene``: ``x' = (x - center) * scale`` puts the bbox centre at
-    the origin and the longest bbox side to 1."""
-    p = np.asarray(points, np.float64).reshape(-1, 3)
-    lo, hi = p.min(0), p.max(0)
-    return (lo + hi) / 2.0, 1.0 / float((hi - lo).max())
 
 
 def _prepare(mesh, up_axis, name) -> List[_Part]:
@@ -313,7 +305,7 @@ def _prepare(mesh, up_axis, name) -> List[_Part]:
     if not ext > 0 or not any((a > (ext * ext) * 1e-14).any() for a in nrm):
         raise MeshError("zero_area", f"mesh {label!r} is degenerate (bbox extent {ext:g}, no face of non-zero "
                         "area); rendering needs a triangle of non-zero area")
-    center, scale = normalize_unit_cube(allp)
+    center, scale = normalization_params(allp, SPARSE_STRUCTURE)  # TRELLIS's normalize_scene: longest side 1
     for p in parts:
         p.pos = (p.pos - center) * scale
     return parts

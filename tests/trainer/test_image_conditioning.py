@@ -152,3 +152,40 @@ def test_eight_devices_match_one_device_with_the_encoder_sharded(view_records, v
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5)
     shardings = shardings_from_boxed(make_task(config).sharded_frozen()["encoder"], make_mesh(2, 4))
     assert shardings["params"]["blocks"]["mlp"]["fc1"]["kernel"].spec == P(None, "fsdp", None)
+
+
+def test_encoder_checkpoint_reads_hub_and_hf_files(tmp_path):
+    """cond.encoder_checkpoint: an HF folder (its config gives interpolation rule "antialias"/"size", ignored in
+    favour of cond.encoder's) and a hub .pth load the same weights; another architecture is refused."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from safetensors.numpy import save_file
+
+    from jaxshape.convert import from_torch
+    from jaxshape.convert.dino import from_hub_names, to_hub_names
+    from jaxshape.models import build
+    from jaxshape.trainer.defaults import stage_config
+    from jaxshape.trainer.tasks.base import load_image_encoder
+
+    cfg = transformers.Dinov2WithRegistersConfig(hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
+                                                 image_size=224, patch_size=14, num_register_tokens=4)
+    torch.manual_seed(0)
+    sd = {k: v.numpy() for k, v in transformers.Dinov2WithRegistersModel(cfg).state_dict().items()}
+    hub = to_hub_names(sd)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg.to_dict()))
+    save_file({k: np.ascontiguousarray(v) for k, v in from_hub_names(hub, "hf", "4.x").items()},
+              str(tmp_path / "hf" / "model.safetensors"))
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in hub.items()}, tmp_path / "hub.pth")
+    encoder = build("dinov2_tiny")
+    expected = from_torch(encoder, hub)
+    cond = stage_config("ss_flow").cond
+    cond.encoder = "dinov2_tiny"
+    for path in (tmp_path / "hf", tmp_path / "hub.pth"):
+        cond.encoder_checkpoint = str(path)
+        got = load_image_encoder(encoder, cond, 0)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    cond.encoder_checkpoint = str(tmp_path / "hf")
+    with pytest.raises(ValueError, match="set cond.encoder to the checkpoint's architecture"):
+        load_image_encoder(build("dinov2_tiny", depth=3), cond, 0)

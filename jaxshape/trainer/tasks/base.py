@@ -74,7 +74,11 @@ def load_image_encoder(encoder: nn.Module, cond, seed: int) -> dict:
         module, variables = load(p)
     else:
         module, variables = load_dino(p, None if (p / "config.json").is_file() else cond.encoder)
-    if module.clone(dtype=encoder.dtype) != encoder:
+    # the same architecture; the compute dtype and the position-table interpolation rule (which differs between
+    # the hub and HF copies of one model, and only acts off the native size) are cond.encoder's
+    same = dict(dtype=encoder.dtype, param_dtype=encoder.param_dtype, interpolate_mode=encoder.interpolate_mode,
+                interpolate_offset=encoder.interpolate_offset)
+    if module.clone(**same) != encoder:
         raise ValueError(f"cond.encoder_checkpoint {path} holds {module}, not cond.encoder={cond.encoder!r} "
                          f"({encoder}); set cond.encoder to the checkpoint's architecture")
     return variables
