@@ -11,6 +11,12 @@ Variants (``--config=configs/trellis_like.py:<variant>``):
   (dice + 1e-3 KL, AdamW 1e-4, adaptive clipping, EMA 0.9999).
 * ``flow_L`` / ``flow_B`` / ``flow_XL``: released flow DiT sizes (img-L; txt-B; txt-XL) on 16³×8 latents,
   conditioned on precomputed feature tokens read from the records (``cond_features``) or on class labels.
+* ``flow_L_image``: the released img-L flow conditioned as TRELLIS trains it: one random rendered view per example
+  (``prepare --views N``), TRELLIS's preprocessing at 518 px, the frozen DINOv2 ViT-L/14-reg inside the train step
+  (1374 × 1024 tokens, ``LN(x_prenorm)``, CFG dropout 0.1). Point ``cond.encoder_checkpoint`` at its weights.
+* ``image_demo``: ``demo`` with the flow conditioned on images: 8 views of 128 px rendered per embedded shape, one
+  drawn per step at 112 px, read by the random-init ``dinov2_tiny`` stand-in (``docs/training.md``);
+  ``flow_image_demo``: its flow stage alone.
 
 ``,data=<folder>`` trains every stage on prepared records (``python -m jaxshape.data.prepare``):
 ``--config=configs/trellis_like.py:demo,data=data/mine``. Every field can be overridden:
@@ -54,6 +60,18 @@ def flow_config(size: str = "L") -> ml_collections.ConfigDict:
     return c
 
 
+def image_conditioned(c: ml_collections.ConfigDict, encoder: str, image_size: int) -> ml_collections.ConfigDict:
+    """A flow stage conditioned on rendered views of its records through the frozen ``encoder``, TRELLIS's way:
+    one random view per example, crop by alpha, on black, LN(x_prenorm) of every token."""
+    c.cond.kind = "image"
+    c.cond.encoder = encoder
+    c.cond.image_size = image_size
+    c.cond.views = 1
+    c.cond.preprocess = "trellis"
+    c.cond.tap = "prenorm_ln"
+    return c
+
+
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     variant, options = parse_config_arg(arg, "demo")
     return apply_pipeline_options(_variant(variant), options)
@@ -93,6 +111,15 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         for c in (vae, fl):
             c.ckpt_every = 500
         return cfg
+    if variant in ("image_demo", "flow_image_demo"):
+        cfg = _variant("demo")
+        fl = image_conditioned(cfg.stages.ss_flow, "dinov2_tiny", 112)
+        fl.data.views, fl.data.view_size = 8, 128  # rendered once per embedded shape (cached)
+        fl.model.cond_channels = 96  # dinov2_tiny's width
+        fl.steps = 1500
+        fl.eval.every, fl.eval.sample_every = 500, 500
+        fl.eval.num_samples = 32
+        return cfg if variant == "image_demo" else fl
     if variant == "vae_demo":
         return _variant("demo").stages.ss_vae
     if variant == "flow_demo":
@@ -101,4 +128,7 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         return vae_config("released")
     if variant in ("flow_L", "flow_B", "flow_XL"):
         return flow_config(variant.split("_")[1])
-    raise ValueError(f"unknown variant {variant!r}: demo, long, vae_demo, flow_demo, vae, flow_L, flow_B, flow_XL")
+    if variant == "flow_L_image":
+        return image_conditioned(flow_config("L"), "dinov2_vitl14_reg", 518)
+    raise ValueError(f"unknown variant {variant!r}: demo, long, image_demo, vae_demo, flow_demo, flow_image_demo, vae, "
+                     f"flow_L, flow_B, flow_XL, flow_L_image")

@@ -11,6 +11,14 @@ Variants (``--config=configs/vecset_like.py:<variant>``):
 * ``flow``: the released PartPacker DiT (1536 wide, 24 layers, RMS qk-norm, no part embedding here: one
   volume per shape) on VAE latents, conditioned on precomputed feature tokens (``cond_features``, e.g. DINOv2
   tokens, 1536 wide) or class labels.
+* ``flow_image``: the released DiT conditioned as PartPacker trains it: k = 2 random rendered views per example
+  (``prepare --views N``; the latent repeated per view, ``repeat_interleave`` order), PartPacker's preprocessing
+  (90 % framing, on white) at 518 px, the frozen DINOv2 ViT-g/14 in bf16 inside the train step (1370 × 1536 tokens,
+  ``LN(last_hidden_state)`` in fp32, CFG dropout 0.1). PartPacker does not release its dataset code, so k is our
+  choice (``cond.views``). Point ``cond.encoder_checkpoint`` at the weights (hub ``.pth`` or the HF folder).
+* ``image_demo``: ``demo`` with the flow conditioned on images: 8 views of 128 px rendered per embedded shape, 2 drawn
+  per example at 112 px, read by the random-init ``dinov2_tiny`` stand-in (``docs/training.md``);
+  ``flow_image_demo``: its flow stage alone.
 
 ``,data=<folder>`` trains every stage on prepared records: ``--config=configs/vecset_like.py:demo,data=data/mine``.
 """
@@ -52,6 +60,20 @@ def flow_config(size: str = "released") -> ml_collections.ConfigDict:
     return c
 
 
+def image_conditioned(c: ml_collections.ConfigDict, encoder: str, image_size: int, views: int,
+                      encoder_dtype: str) -> ml_collections.ConfigDict:
+    """A flow stage conditioned on ``views`` rendered views per example through the frozen ``encoder``, PartPacker's
+    way: 90 % framing on white, LN of the last hidden state (the pre-final-norm stream) of every token."""
+    c.cond.kind = "image"
+    c.cond.encoder = encoder
+    c.cond.encoder_dtype = encoder_dtype
+    c.cond.image_size = image_size
+    c.cond.views = views
+    c.cond.preprocess = "partpacker"
+    c.cond.tap = "prenorm_ln"
+    return c
+
+
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     variant, options = parse_config_arg(arg, "demo")
     return apply_pipeline_options(_variant(variant), options)
@@ -88,6 +110,15 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         fl.steps, fl.eval.every, fl.eval.sample_every = 3000, 500, 500
         fl.eval.num_samples = 32
         return cfg
+    if variant in ("image_demo", "flow_image_demo"):
+        cfg = _variant("demo")
+        fl = image_conditioned(cfg.stages.vecset_flow, "dinov2_tiny", 112, views=2, encoder_dtype="float32")
+        fl.data.views, fl.data.view_size = 8, 128  # rendered once per embedded shape (cached)
+        fl.model.hidden_dim = 96  # the DiT's condition width is its own (PartPacker): dinov2_tiny's 96
+        fl.steps = 1500
+        fl.eval.every, fl.eval.sample_every = 500, 500
+        fl.eval.num_samples = 20
+        return cfg if variant == "image_demo" else fl
     if variant == "vae_demo":
         return _variant("demo").stages.vecset_vae
     if variant == "flow_demo":
@@ -98,4 +129,7 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         return c
     if variant == "flow":
         return flow_config("released")
-    raise ValueError(f"unknown variant {variant!r}: demo, long, vae_demo, flow_demo, vae, flow")
+    if variant == "flow_image":
+        return image_conditioned(flow_config("released"), "dinov2_vitg14", 518, views=2, encoder_dtype="bfloat16")
+    raise ValueError(f"unknown variant {variant!r}: demo, long, image_demo, vae_demo, flow_demo, flow_image_demo, vae, "
+                     f"flow, flow_image")

@@ -3,12 +3,15 @@
 
 Scores shapes against reference shapes on one protocol (``docs/evaluation.md``) and writes a report:
 ``report.md`` (the numbers), ``report.json`` (the same, plus per-shape details), ``curves.png`` (training loss and
-every evaluation metric over training, for a workdir) and ``samples.png`` (each shape beside its nearest reference).
+every evaluation metric over training, for a workdir) and ``samples.png`` (each shape beside its nearest reference;
+for image conditioning, the view, the sample and the shape of the view).
 
 * ``--workdir``: a trained stage (or a pipeline's workdir and ``--stage``). A flow stage generates ``--num`` shapes
   for the conditions of the first reference shapes and is scored by MMD / COV / 1-NNA (and class consistency for
-  class labels) plus the fixed-time flow losses; a VAE stage reconstructs ``--num`` reference shapes (IoU, Chamfer,
-  F-score). The references are the stage's held-out shapes (``data.holdout``) or the records of ``--reference``.
+  class labels; for an image or features of each reference shape, the condition report: each sample against its
+  own shape, the other shapes and samples made with the conditions shuffled) plus the fixed-time flow losses; a VAE
+  stage reconstructs ``--num`` reference shapes (IoU, Chamfer, F-score). The references are the stage's held-out
+  shapes (``data.holdout``) or the records of ``--reference``.
 * ``--meshes``: any model's outputs (``.glb`` / ``.obj`` / ``.ply`` / ``.stl``, PyTorch's included; glTF files are
   y-up by the spec and turned back to z-up, other formats are read as z-up), each normalised to the unit cube by
   its bounding box (``--normalize none``: already in it); a ``samples.jsonl`` beside them (as
@@ -179,6 +182,8 @@ def evaluate_workdir(workdir: str | Path, *, stage: Optional[str] = None, refere
             "requested": None if "class_label" not in details.get("inputs", {}) else
             np.asarray(details["inputs"]["class_label"]).tolist(),
             "_shapes": details.get("shapes", []), "_ref_examples": examples, "_task": task,
+            "_cond_images": None if "cond_image" not in details.get("inputs", {}) else
+            np.asarray(details["inputs"]["cond_image"])[:, 0],
             "_metrics_file": stage_dir / "metrics.jsonl"}
 
 
@@ -205,17 +210,24 @@ def write_samples_png(report: dict, path: Path, size: int = 128, max_rows: int =
     shapes = report["_shapes"]
     if not shapes:
         return None
-    pairs = report["nearest"] if report.get("nearest") is not None else list(range(len(shapes)))
+    views = report.get("_cond_images")  # image conditioning: [view | sample | the shape of the view]
+    pairs = list(range(len(shapes))) if views is not None or report.get("nearest") is None else report["nearest"]
     requested = report.get("requested")
     ref_labels = report["_ref_examples"].get("class_label")
     n = min(len(shapes), max_rows)
-    cols = 2 * min(n, 4)
+    per = 2 if views is None else 3
+    cols = per * min(n, 4)
     rows = -(-n // 4)
     canvas = Image.new("L", (cols * size, rows * (size + 14)), 255)
     draw = ImageDraw.Draw(canvas)
     for k in range(n):
         r, c = divmod(k, 4)
-        x, y = 2 * c * size, r * (size + 14)
+        x, y = per * c * size, r * (size + 14)
+        if views is not None:
+            view = Image.fromarray((np.clip(views[k], 0, 1) * 255).round().astype(np.uint8)).convert("L")
+            canvas.paste(view.resize((size, size), Image.BILINEAR), (x, y + 14))
+            draw.text((x + 2, y), f"view {k}", fill=0)
+            x += size
         canvas.paste(Image.fromarray(render_view(shapes[k].vertices, shapes[k].faces, size)), (x, y + 14))
         canvas.paste(Image.fromarray(_reference_image(report, int(pairs[k]), size)), (x + size, y + 14))
         want = "" if requested is None else f" class {int(requested[k])}"

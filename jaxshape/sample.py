@@ -53,9 +53,9 @@ def find_stage_dir(workdir: str | Path, stage: Optional[str] = None) -> Path:
 def stage_config(stage_dir: Path, *, cfg: Optional[float] = None, steps: Optional[int] = None):
     """A stage workdir's ``config.json`` as a ConfigDict, with a flow stage's guidance strength (``cfg``) and Euler
     steps (``steps``) overridden where given."""
-    import ml_collections
+    from jaxshape.trainer.defaults import with_defaults
 
-    config = ml_collections.ConfigDict(json.loads((Path(stage_dir) / "config.json").read_text()))
+    config = with_defaults(json.loads((Path(stage_dir) / "config.json").read_text()))
     if cfg is not None or steps is not None:
         if "cfg_strength" not in config.get("sampler", {}):
             raise ValueError(f"--cfg / --steps apply to flow stages; {stage_dir} trained {config.stage}")

@@ -212,6 +212,10 @@ def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, sh
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     it_ds = ds.to_iter_dataset()
     if worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags; a library caller never parsed them
+            flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it_ds
 

@@ -92,6 +92,8 @@ def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), 
     os.makedirs(output, exist_ok=True)
     cfg_json = config_to_json(cfg)
     meta = {"config": cfg_json, "seed": int(seed)}
+    if num_views and not views_dir:  # rendered views are part of what a resumed job must match
+        meta["views"] = {"count": int(num_views), "size": int(view_size)}
     cpath = os.path.join(output, "config.json")
     if os.path.exists(cpath):
         with open(cpath) as fh:
@@ -161,13 +163,16 @@ def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), 
 
 
 def embedded_records(n: int = 1000, targets=(SPARSE_STRUCTURE, VECSET), resolution: int = 32, points: int = 4096,
-                     seed: int = 0, workers: int = 0, root: str = None) -> str:
+                     seed: int = 0, workers: int = 0, root: str = None, views: int = 0, view_size: int = 128) -> str:
     """Prepared records of the first ``n`` embedded shapes (CPU-size targets, ``TargetConfig.small``), built on
     first use under the cache (``jaxshape.data.procedural.cache_dir``) and reused; returns the folder for
-    ``jaxshape.data.pipeline``. Resumable like the CLI (an interrupted build continues where it stopped)."""
+    ``jaxshape.data.pipeline``. Resumable like the CLI (an interrupted build continues where it stopped).
+    ``views``: also render that many conditioning views of ``view_size`` px per shape (``prepare --views``)."""
     base = TargetConfig.small(resolution, points)
     cfg = TargetConfig(targets=tuple(targets), resolution=resolution, vecset=base.vecset)
-    out = os.path.join(root or cache_dir(), f"records-{'+'.join(targets)}-r{resolution}-p{points}-n{n}-s{seed}")
+    tag = f"-v{views}x{view_size}" if views else ""
+    out = os.path.join(root or cache_dir(),
+                       f"records-{'+'.join(targets)}-r{resolution}-p{points}-n{n}-s{seed}{tag}")
     summary = os.path.join(out, "dataset.json")
     if os.path.exists(summary):
         with open(summary) as fh:
@@ -175,7 +180,7 @@ def embedded_records(n: int = 1000, targets=(SPARSE_STRUCTURE, VECSET), resoluti
         if s.get("num_inputs") == n and s.get("num_ok", 0) + s.get("num_error", 0) == n:
             return out
     prepare([], out, cfg, seed=seed, workers=workers or (os.cpu_count() or 1), jobs=embedded_jobs(n, seed),
-            classes=list(CLASSES))
+            classes=list(CLASSES), num_views=views, view_size=view_size)
     return out
 
 

@@ -26,7 +26,7 @@ def records_path(data, family: str) -> str:
         from .prepare import embedded_records
 
         return embedded_records(data.num_shapes, targets=(family,), resolution=data.resolution, points=data.points,
-                                seed=data.seed)
+                                seed=data.seed, views=data.views, view_size=data.view_size)
     if not data.path:
         raise ValueError("data.path must name a folder written by `python -m jaxshape.data.prepare` when "
                          "data.source='records'")
@@ -99,6 +99,9 @@ def make_data_iterator(data, fields: Sequence[str], family: str, *, process_inde
         return SyntheticIterator(data.batch_size, num_examples=data.num_examples, seed=data.seed,
                                  process_index=process_index, process_count=process_count, fields=set(fields),
                                  **dict(data.synthetic))
+    if "cond_image" in fields and data.source == "embedded" and not data.views:
+        raise ValueError("cond.kind='image' on the embedded set needs data.views > 0 (conditioning views rendered "
+                         "per shape)")
     from .pipeline import DeviceIterator, make_dataset
 
     nq = num_queries if num_queries is not None else data.num_queries

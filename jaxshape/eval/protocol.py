@@ -101,3 +101,76 @@ def generation_report(samples: np.ndarray, samples_empty: np.ndarray, refs: np.n
         out["class_consistency"] = float(np.mean(np.asarray(pool_labels)[nearest] == np.asarray(requested)))
     out["nearest"] = nearest.tolist()
     return out
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded random permutation of ``range(n)`` with no fixed point (``n >= 2``): one random cycle through all
+    of them, so every shape is paired with another one."""
+    if n < 2:
+        raise ValueError(f"a derangement needs n >= 2, got {n}")
+    order = np.random.default_rng([seed, 0xDE7A]).permutation(n)
+    perm = np.empty(n, np.int64)
+    perm[order] = np.roll(order, -1)
+    return perm
+
+
+def condition_report(samples: np.ndarray, samples_empty: np.ndarray, refs: np.ndarray, *,
+                     shuffled: Optional[np.ndarray] = None, perm: Optional[np.ndarray] = None,
+                     metric: str = "cd_l1", f_threshold: float = 0.05, seed: int = 0,
+                     labels: Optional[np.ndarray] = None) -> dict:
+    """Whether per-example conditions (an image of a shape, its features) steer the samples to that shape.
+
+    Args:
+      samples: ``[S, N, 3]`` surface samples (unit cube) of shapes generated from the conditions of the reference
+        shapes ``refs [S, M, 3]``, sample ``i`` from reference ``i``'s condition; ``samples_empty [S]``: samples
+        without a surface (kept as points at the origin: they count against every number).
+      shuffled: optional ``[S, N, 3]``: the same generation (same noise per slot) with the conditions permuted by
+        ``perm`` -- sample ``i`` from reference ``perm[i]``'s condition.
+      perm: the derangement of ``shuffled`` (default :func:`derangement` of ``seed``); also the "other" pairing of
+        the F-score.
+      metric: the Chamfer distance reported (``"cd_l1"`` or ``"cd_l2"``); f_threshold: the F-score's τ.
+      labels: optional ``[S]`` class labels of the references (``< 0``: unknown) for ``cond_ratio_class_only``.
+
+    Returns:
+      ``cond_cd_matched`` (mean distance of a sample to the shape whose condition made it), ``cond_cd_other`` (to
+      every other reference shape, averaged), ``cond_ratio_other`` (matched / other: 1 means the condition is
+      ignored), ``cond_retrieval`` (fraction of samples whose nearest reference is their own; chance ``1 / S``),
+      ``cond_f_matched`` / ``cond_f_other`` (F@τ to the own / a deranged reference), and with ``shuffled``:
+      ``cond_cd_shuffled`` (reference ``i`` vs the sample made from another's condition with sample ``i``'s
+      noise), ``cond_ratio_shuffled`` (matched / shuffled) and ``cond_f_shuffled``; with ``labels``,
+      ``cond_ratio_class_only``: the ratio a generator would score that read only the class from its condition and
+      returned another true shape of that class (references against each other: same class / any other).
+    """
+    s = len(samples)
+    if s < 2 or len(refs) != s:
+        raise ValueError(f"the condition report needs >= 2 samples and one reference per sample, got {s} samples "
+                         f"and {len(refs)} references")
+    perm = derangement(s, seed) if perm is None else np.asarray(perm)
+    d = np.asarray(pairwise_chamfer(samples, refs, metric=metric), np.float64)
+    matched = np.diag(d)
+    other = (d.sum(axis=1) - matched) / (s - 1)
+    key = f"f@{f_threshold:g}"
+    f_own = np.asarray(shape_metrics(samples, refs, thresholds=(f_threshold,))[key])
+    f_other = np.asarray(shape_metrics(samples, refs[perm], thresholds=(f_threshold,))[key])
+    out = {"cond_cd_matched": float(matched.mean()), "cond_cd_other": float(other.mean()),
+           "cond_ratio_other": float(matched.mean() / other.mean()),
+           "cond_retrieval": float(np.mean(d.argmin(axis=1) == np.arange(s))),
+           "cond_f_matched": float(f_own.mean()), "cond_f_other": float(f_other.mean()),
+           "cond_empty": float(np.mean(samples_empty))}
+    if labels is not None:
+        labels = np.asarray(labels)
+        d_rr = np.asarray(pairwise_chamfer(refs, refs, metric=metric), np.float64)
+        off = ~np.eye(s, dtype=bool)
+        same = (labels[:, None] == labels[None, :]) & off
+        rows = same.any(axis=1) & (labels >= 0)
+        if rows.any():
+            mean_same = np.array([d_rr[i, same[i]].mean() for i in np.flatnonzero(rows)])
+            mean_any = np.array([d_rr[i, off[i]].mean() for i in np.flatnonzero(rows)])
+            out["cond_ratio_class_only"] = float(mean_same.mean() / mean_any.mean())
+    if shuffled is not None:
+        # reference perm[i]'s condition made shuffled[i]: compare it with reference i (sample i's own target)
+        m = shape_metrics(shuffled, refs, thresholds=(f_threshold,))
+        cd = float(np.asarray(m[metric]).mean())
+        out.update(cond_cd_shuffled=cd, cond_ratio_shuffled=float(matched.mean() / cd),
+                   cond_f_shuffled=float(np.asarray(m[key]).mean()))
+    return out

@@ -28,6 +28,8 @@ def _data_config() -> ConfigDict:
     d.resolution = 64  # embedded set: occupancy grid size
     d.points = 4096  # embedded set: uniform surface-point pool
     d.num_shapes = 1000  # embedded set: how many shapes
+    d.views = 0  # embedded set: conditioning views rendered per shape (prepare --views; cond.kind="image")
+    d.view_size = 128  # embedded set: their side in pixels
     d.num_queries = ()  # vecset: (volume, near, sharp) TSDF queries drawn per example; () = every stored query
     # fraction of shapes held out of training for evaluation, chosen by a stable hash of the mesh id
     # (jaxshape.data.records.holdout_mask); synthetic: that many fresh shapes. 0: train on everything
@@ -74,6 +76,9 @@ def _eval_config() -> ConfigDict:
     e.sample_every = 0  # flow: also generate at evaluations on multiples of this many steps (0: only at the end)
     e.set_points = 512  # flow: surface samples per shape in the set metrics' pairwise Chamfer matrices
     e.batch_size = 8  # flow: shapes generated together
+    # flow with image / features conditions: also generate every sample with another held-out shape's condition
+    # (same noise) for the condition report's shuffled baseline (doubles the generation time)
+    e.shuffled_condition = True
     e.seed = 0  # surface sampling, fixed noise and sampler noise
     return e
 
@@ -167,6 +172,18 @@ def stage_config(stage: str) -> ConfigDict:
                 grid_resolution=64,  # TSDF grid of (R+1)³ queries per shape
             ))
     return c
+
+
+def with_defaults(saved: dict) -> ConfigDict:
+    """A stage config saved by an earlier version (a workdir's ``config.json``) completed with the defaults of the
+    fields added since, so a newer ``sample`` / ``evaluate`` reads an older workdir."""
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return out
+
+    return ConfigDict(merge(stage_config(saved["stage"]).to_dict(), saved))
 
 
 PIPELINE_OPTIONS = ("data",)

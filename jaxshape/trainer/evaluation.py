@@ -5,7 +5,9 @@
 * Flow stages: the flow MSE at fixed times ``eval.t_buckets`` with fixed noise on the held-out shapes' latents (the
   SD3 / MaxDiffusion protocol: comparable across steps and runs, unlike the training loss); and, when asked,
   ``eval.num_samples`` generated shapes -- for the labels (or features) of the first held-out shapes -- scored by
-  MMD / COV / 1-NNA against those shapes and, for class conditioning, by class consistency against all of them.
+  MMD / COV / 1-NNA against those shapes and, for class conditioning, by class consistency against all of them;
+  for per-shape conditions (images, features), by how close each sample is to the shape whose condition made it
+  against the other shapes and against samples made with the conditions shuffled (``condition_report``).
 
 The held-out shapes are ``data.holdout`` of the data by a stable hash of the mesh id (never trained on), read
 spread evenly over the id-ordered held-out records; every draw is seeded by ``eval.seed``, so two evaluations of
@@ -23,7 +25,13 @@ import numpy as np
 
 from jaxshape.data.pipeline import read_spread
 from jaxshape.data.sources import make_data_iterator, records_path
-from jaxshape.eval.protocol import generation_report, reconstruction_report, shape_surface_points
+from jaxshape.eval.protocol import (
+    condition_report,
+    derangement,
+    generation_report,
+    reconstruction_report,
+    shape_surface_points,
+)
 from jaxshape.families import FAMILIES
 from jaxshape.trainer.tasks import FlowTask, Task
 from jaxshape.trainer.tasks.base import _first
@@ -115,20 +123,15 @@ class Evaluator:
         ec, task = self.ec, self.task
         s = min(ec.num_samples, self.n)
         inputs = {k: self.examples[k][:s] for k in task.cond_fields}
-        outputs = []
+        per_example = task.config.cond.kind != "class" and s >= 2  # an image or features of one held-out shape
+        shuffle = per_example and ec.shuffled_condition
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=s, desc=f"generate {task.stage}", unit="shape", dynamic_ncols=True)
-        for lo in range(0, s, ec.batch_size):
-            chunk = {k: jnp.asarray(v[lo:lo + ec.batch_size]) for k, v in inputs.items()}
-            outputs += task.sample(params, frozen, jax.random.fold_in(jax.random.key(ec.seed), lo), chunk)
-            if bar is not None:
-                bar.update(len(next(iter(chunk.values()))))
-        if bar is not None:
-            bar.close()
-        shapes = task.to_meshes(outputs)
+            bar = tqdm(total=s * (2 if shuffle else 1), desc=f"generate {task.stage}", unit="shape",
+                       dynamic_ncols=True)
+        shapes = self._generate(params, frozen, inputs, s, bar)
         pts, empty = shape_surface_points(shapes, ec.set_points, bound=self.bound, seed=ec.seed)
         refs = self.ref_points[:, :ec.set_points]
         kw = {}
@@ -137,5 +140,28 @@ class Evaluator:
         rep = generation_report(pts, empty, refs[:s], **kw)
         if self.ceiling is not None:
             rep["class_consistency_of_heldout"] = self.ceiling
+        if per_example:
+            perm = derangement(s, ec.seed)
+            shuffled = None
+            if shuffle:  # the same noise per slot, the conditions of other shapes
+                other = self._generate(params, frozen, {k: v[perm] for k, v in inputs.items()}, s, bar)
+                shuffled, _ = shape_surface_points(other, ec.set_points, bound=self.bound, seed=ec.seed)
+            labels = self.examples.get("class_label")
+            rep.update(condition_report(pts, empty, refs[:s], shuffled=shuffled, perm=perm,
+                                        labels=None if labels is None else labels[:s]))
+        if bar is not None:
+            bar.close()
         details.update(shapes=shapes, nearest=rep.pop("nearest"), inputs=inputs)
         return {f"eval/sample_{k}": v for k, v in rep.items()}
+
+    def _generate(self, params, frozen, inputs: dict, s: int, bar=None) -> list:
+        """Meshes generated for the first ``s`` ``inputs``, ``eval.batch_size`` at a time; slot ``lo + j``'s noise
+        comes from ``fold_in(eval.seed, lo)``, whatever the conditions."""
+        ec, task = self.ec, self.task
+        outputs = []
+        for lo in range(0, s, ec.batch_size):
+            chunk = {k: jnp.asarray(v[lo:lo + ec.batch_size]) for k, v in inputs.items()}
+            outputs += task.sample(params, frozen, jax.random.fold_in(jax.random.key(ec.seed), lo), chunk)
+            if bar is not None:
+                bar.update(len(next(iter(chunk.values()))))
+        return task.to_meshes(outputs)

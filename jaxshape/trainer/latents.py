@@ -44,13 +44,45 @@ def encode_dataset(task, frozen, epoch_iter, keep: tuple, cache: Path) -> dict:
     return arrays
 
 
+class ViewDrawingIterator(ArrayIterator):
+    """Pre-encoded latents with their conditioning views drawn per step from the records (as the un-encoded path
+    draws them: a fresh random view of each example every time it is read), not once at encoding time. The draw of
+    slot ``j`` of step ``s`` is seeded by ``(seed, s, j)``, so a resumed iterator (state: the step) repeats it."""
+
+    def __init__(self, arrays: dict, batch_size: int, records, views, *, seed: int = 0, **kwargs):
+        from jaxshape.data.records import RecordSource
+
+        arrays = dict(arrays)
+        ids = arrays.pop("id")
+        self.source = RecordSource(records, keys=("cond_views",))
+        where = {m: i for i, m in enumerate(self.source.ids)}
+        arrays["record"] = np.asarray([where[str(m)] for m in ids], np.int64)
+        self.views = views
+        super().__init__(arrays, batch_size, seed=seed, **kwargs)
+
+    def make_batch(self, indices):
+        from jaxshape.data.pipeline import draw_views
+
+        out = {k: v[indices] for k, v in self.arrays.items() if k != "record"}
+        out["cond_image"] = np.stack([
+            draw_views(self.source[int(r)], self.views, np.random.default_rng([self.seed, 0x71E5, self.step, j]))
+            for j, r in enumerate(self.arrays["record"][indices])])
+        return out
+
+
 def pre_encoded_iterator(config, task, frozen, workdir: Path) -> ArrayIterator:
     """Encode this process's shard once with the frozen VAE (``frozen``: the task's loaded frozen inputs; cached
-    in the workdir) and iterate over the latents and conditioning fields, shuffled per epoch."""
+    in the workdir) and iterate over the latents and conditioning fields, shuffled per epoch. Image conditioning:
+    the latents are kept with their record ids and the views drawn per step (:class:`ViewDrawingIterator`)."""
+    from jaxshape.data.sources import records_path
+
     pi, pc = jax.process_index(), jax.process_count()
-    # (image conditioning: the views are drawn once per example here, not per step)
-    epoch = make_data_iterator(config.data, task.encoder_fields + task.cond_fields, task.family,
-                               process_index=pi, process_count=pc, one_epoch=True, views=task.view_config())
-    arrays = encode_dataset(task, jax.device_put(frozen), epoch, task.cond_fields,
-                            workdir / f"latents_process{pi}-of-{pc}.npz")
+    views = task.view_config()
+    keep = ("id",) if views is not None else task.cond_fields
+    epoch = make_data_iterator(config.data, task.encoder_fields + keep, task.family,
+                               process_index=pi, process_count=pc, one_epoch=True)
+    arrays = encode_dataset(task, jax.device_put(frozen), epoch, keep, workdir / f"latents_process{pi}-of-{pc}.npz")
+    if views is not None:
+        return ViewDrawingIterator(arrays, config.data.batch_size // pc, records_path(config.data, task.family),
+                                   views, seed=config.data.seed)
     return ArrayIterator(arrays, config.data.batch_size // pc, seed=config.data.seed)

@@ -359,3 +359,29 @@ def test_prepare_renders_views_into_the_records(gl, tmp_path):
     assert not np.array_equal(ex["cond_view_cameras"], outs[0][1]["cond_view_cameras"])  # per mesh
     fov = ex["cond_view_cameras"][:, 3]
     assert np.all((fov >= np.deg2rad(10) - 1e-6) & (fov <= np.deg2rad(70) + 1e-6))
+
+
+def test_embedded_set_with_views_and_resume_guard(gl, tmp_path):
+    """``data.views`` on the embedded set renders its views on first use (a cache folder of its own); a resumed
+    ``prepare`` of a folder with another view count is refused; image conditioning without views is a clear error."""
+    import ml_collections
+
+    from jaxshape.data.prepare import embedded_records, prepare
+    from jaxshape.data.procedural import CLASSES, embedded_jobs
+    from jaxshape.data.records import RecordSource
+    from jaxshape.data.sources import make_data_iterator
+    from jaxshape.data.targets import TargetConfig
+    from jaxshape.trainer.defaults import stage_config
+
+    out = embedded_records(3, targets=("sparse_structure",), resolution=8, points=256, root=str(tmp_path),
+                           views=2, view_size=32, workers=1)
+    assert out.endswith("-v2x32")
+    ex = RecordSource(out)[0]
+    assert len(ex["cond_views"]) == 2 and decode_png(ex["cond_views"][1]).shape == (32, 32, 4)
+    same = TargetConfig(targets=("sparse_structure",), resolution=8, vecset=TargetConfig.small(8, 256).vecset)
+    with pytest.raises(SystemExit, match="another config"):
+        prepare([], out, same, workers=0, progress=False, jobs=embedded_jobs(3, root=str(tmp_path)),
+                classes=list(CLASSES), num_views=3, view_size=32)
+    data = ml_collections.ConfigDict(stage_config("ss_flow").data.to_dict())
+    with pytest.raises(ValueError, match="needs data.views > 0"):
+        make_data_iterator(data, ("latent", "cond_image"), "sparse_structure", process_index=0, process_count=1)

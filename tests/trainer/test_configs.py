@@ -8,8 +8,13 @@ from jaxshape import models
 from tests.utils import REPO
 
 CONFIGS = REPO / "configs"
-VARIANTS = {"trellis_like.py": ["demo", "vae_demo", "flow_demo", "vae", "flow_L", "flow_B", "flow_XL"],
-            "vecset_like.py": ["demo", "vae_demo", "flow_demo", "vae", "flow"]}
+VARIANTS = {"trellis_like.py": ["demo", "long", "image_demo", "vae_demo", "flow_demo", "flow_image_demo", "vae",
+                                 "flow_L", "flow_B", "flow_XL", "flow_L_image"],
+            "vecset_like.py": ["demo", "long", "image_demo", "vae_demo", "flow_demo", "flow_image_demo", "vae", "flow",
+                               "flow_image"]}
+IMAGE = {"flow_L_image": ("dinov2_vitl14_reg", 1, "trellis", 1024),
+         "flow_image": ("dinov2_vitg14", 2, "partpacker", 1536),
+         "image_demo": ("dinov2_tiny", None, None, 96), "flow_image_demo": ("dinov2_tiny", None, None, 96)}
 MODEL = {"ss_flow": "SparseStructureFlowModel", "vecset_vae": "VecSetVAE", "vecset_flow": "VecSetDiT"}
 
 
@@ -33,5 +38,27 @@ def test_config_variant_builds(name, variant):
             mods = [getattr(models, MODEL[c.stage])(**c.model)]
         for m in mods:
             assert jax.tree.leaves(abstract_variables(m))
+        if c.stage.endswith("flow") and c.cond.kind == "image":  # the encoder's width is the model's cond width
+            from jaxshape.trainer.tasks import make_task
+
+            encoder, views, preprocess, width = IMAGE[variant]
+            task = make_task(c)
+            assert c.cond.encoder == encoder and task.encoder.embed_dim == task.cond_channels == width
+            assert views is None or (c.cond.views, c.cond.preprocess, c.cond.image_size) == (views, preprocess, 518)
+    image_stages = [c for c in stages if c.stage.endswith("flow") and c.cond.kind == "image"]
+    assert bool(image_stages) == (variant in IMAGE)
     with pytest.raises(ValueError, match="unknown variant"):
         _load(name).get_config("nope")
+
+
+def test_a_config_saved_before_new_fields_reads_with_their_defaults():
+    """An older workdir's config.json (without fields added since) is completed from the schema, its own values
+    kept, so `sample` / `evaluate` of a newer version read it."""
+    from jaxshape.trainer.defaults import stage_config, with_defaults
+
+    saved = stage_config("ss_flow").to_dict()
+    del saved["eval"]["shuffled_condition"], saved["data"]["views"]
+    saved["eval"]["num_samples"], saved["model"] = 3, {"resolution": 8}
+    c = with_defaults(saved)
+    assert c.eval.shuffled_condition is True and c.data.views == 0
+    assert c.eval.num_samples == 3 and dict(c.model) == {"resolution": 8}

@@ -392,7 +392,10 @@ class FlowTask(Task):
 
     @property
     def eval_fields(self) -> tuple:
-        return tuple(dict.fromkeys(self.encoder_fields + self.cond_fields + self.reference_fields))
+        """The held-out fields: the VAE's inputs, the conditions, the reference shapes and (for per-shape
+        conditions) the class labels the condition report reads."""
+        extra = () if self.config.cond.kind == "class" else ("class_label",)
+        return tuple(dict.fromkeys(self.encoder_fields + self.cond_fields + self.reference_fields + extra))
 
     def bucket_losses(self, params, frozen, batch, rng, times) -> jax.Array:
         """The flow MSE of ``batch`` at each fixed time of ``times`` (``[T]``), with one fixed noise draw per
