@@ -1,0 +1,164 @@
+"""TRELLIS image -> sparse structure (stage 1 of ``TrellisImageTo3DPipeline``; spec:
+``image_conditioning.md`` §5.1, ``trellis_sparse_structure.md`` §6).
+
+1. Each RGBA image is preprocessed (``jaxshape.image.trellis_preprocess``: crop by alpha, 518 px, on black) unless it
+   is already an RGB array of the encoder's size, then read once by the frozen DINOv2 ViT-L/14-reg:
+   ``cond = LN(x_prenorm)`` ``[1, 1374, 1024]``; the unconditional branch is zeros.
+2. Noise ``[num_samples, 16, 16, 16, 8]`` (channels-last): from ``seed`` with ``jax.random`` or injected (``noise=``;
+   TRELLIS's ``torch.randn(n, 8, 16, 16, 16)`` transposed by ``(0, 2, 3, 4, 1)`` reproduces a PyTorch run).
+3. ``FlowEulerGuidanceIntervalSampler``: steps 25, ``(1 + w) v_c − w v_u`` with w = 7.5 for t in [0.5, 1] on the
+   rescaled grid (rescale_t 3), the conditional prediction alone elsewhere; both branches batched in one forward.
+4. ``logits = decoder(z)`` ``[B, 64, 64, 64]``; the occupied voxels ``argwhere(logits > 0)`` as int32 rows
+   ``(b, x, y, z)`` in lexicographic order -- the ``coords`` TRELLIS's stage 2 (``sample_slat``) takes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxshape import flow
+
+# pipeline.json's sparse_structure_sampler params and args (image_conditioning.md §6.1)
+SS_SAMPLER_DEFAULTS = {"steps": 25, "cfg_strength": 7.5, "cfg_interval": (0.5, 1.0), "rescale_t": 3.0}
+
+
+def sparse_structure_coords(logits) -> np.ndarray:
+    """``[N, 4]`` int32 ``(b, x, y, z)`` of the voxels with logit > 0 of ``logits [B, R, R, R]`` (or
+    ``[B, R, R, R, 1]``), in TRELLIS's order (``torch.argwhere`` on ``[B, 1, R, R, R]``, the channel column
+    dropped: lexicographic)."""
+    logits = np.asarray(logits)
+    if logits.ndim == 5:
+        logits = logits[..., 0]
+    return np.argwhere(logits > 0).astype(np.int32)
+
+
+@dataclasses.dataclass
+class TrellisSparseStructurePipeline:
+    """The three frozen modules of TRELLIS stage 1 with their variables (``jaxshape.models.load`` /
+    ``jaxshape.convert`` outputs): ``encoder`` (a ``DinoViT``), ``flow_model`` (``SparseStructureFlowModel``),
+    ``decoder`` (``SparseStructureDecoder``)."""
+
+    encoder: object
+    encoder_variables: dict
+    flow_model: object
+    flow_variables: dict
+    decoder: object
+    decoder_variables: dict
+
+    def __post_init__(self):
+        if self.encoder.embed_dim != self.flow_model.cond_channels:
+            raise ValueError(f"the encoder gives {self.encoder.embed_dim}-wide tokens but the flow model takes "
+                             f"cond_channels={self.flow_model.cond_channels}")
+        if self.decoder.latent_channels != self.flow_model.out_channels:
+            raise ValueError(f"the decoder reads {self.decoder.latent_channels} latent channels but the flow model "
+                             f"gives {self.flow_model.out_channels}")
+        self._encode = jax.jit(self._encode_fn)
+        self._decode = jax.jit(lambda v, z: self.decoder.apply(v, z)[..., 0])
+
+    # -- the condition
+
+    def preprocess(self, image) -> np.ndarray:
+        """An RGBA uint8 ``[H, W, 4]`` image (a PIL image or an array) -> TRELLIS's preprocessed ``[S, S, 3]``
+        float32 in [0, 1] (S = the encoder's ``img_size``); an RGB array of that size passes through."""
+        from jaxshape.image import trellis_preprocess
+
+        arr = np.asarray(image)
+        size = self.encoder.img_size
+        if arr.ndim == 3 and arr.shape[-1] == 3:
+            if arr.shape[:2] != (size, size):
+                raise ValueError(f"an RGB image must already be preprocessed to {size}x{size}, got "
+                                 f"{arr.shape[:2]}; pass the RGBA image to crop it by its alpha")
+            return (arr.astype(np.float32) / 255) if arr.dtype == np.uint8 else arr.astype(np.float32)
+        if arr.ndim != 3 or arr.shape[-1] != 4:
+            raise ValueError(f"image must be RGBA [H, W, 4] (or a preprocessed RGB [{size}, {size}, 3]), got shape "
+                             f"{arr.shape}")
+        return trellis_preprocess(arr, size=size, patch_size=self.encoder.patch_size).astype(np.float32) / 255
+
+    def _encode_fn(self, variables, images):
+        from jaxshape.image import IMAGENET_MEAN, IMAGENET_STD
+        from jaxshape.models import image_condition
+
+        x = (images - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+        return image_condition(self.encoder.apply(variables, x), "prenorm_ln", dtype=jnp.float32)
+
+    def get_cond(self, images: Sequence) -> jax.Array:
+        """``[n_images, 1374, 1024]`` condition tokens, the encoder run once per image."""
+        batch = np.stack([self.preprocess(im) for im in images])
+        return self._encode(self.encoder_variables, jnp.asarray(batch))
+
+    # -- sampling
+
+    def latent_shape(self) -> tuple:
+        r = self.flow_model.resolution
+        return (r, r, r, self.flow_model.in_channels)
+
+    def sample_latents(self, cond: jax.Array, *, num_samples: int = 1, seed: int = 42,
+                       noise: Optional[np.ndarray] = None, progress: Optional[Callable[[int], None]] = None,
+                       **sampler) -> jax.Array:
+        """Sparse-structure latents ``[num_samples, 16, 16, 16, 8]`` for one image's ``cond [1, T, C]``.
+        ``sampler`` overrides :data:`SS_SAMPLER_DEFAULTS` (``steps``, ``cfg_strength``, ``cfg_interval``,
+        ``rescale_t``)."""
+        unknown = set(sampler) - set(SS_SAMPLER_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(SS_SAMPLER_DEFAULTS)}")
+        p = {**SS_SAMPLER_DEFAULTS, **sampler}
+        shape = (num_samples,) + self.latent_shape()
+        if noise is None:
+            noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+        elif tuple(np.shape(noise)) != shape:
+            raise ValueError(f"noise must have shape {shape} (channels-last), got {tuple(np.shape(noise))}")
+        if cond.shape[0] != 1:
+            raise ValueError(f"sample_latents takes one image's condition [1, T, C], got {tuple(cond.shape)}")
+
+        def velocity(x, t, c):
+            return self.flow_model.apply(self.flow_variables, x, t, c)
+
+        return flow.euler_sample(velocity, jnp.asarray(noise, jnp.float32), cond, jnp.zeros_like(cond),
+                                 flow.trellis_timesteps(p["steps"], p["rescale_t"]), guidance=p["cfg_strength"],
+                                 convention="trellis", guidance_interval=tuple(p["cfg_interval"]), progress=progress)
+
+    def decode(self, z: jax.Array, chunk: int = 1) -> np.ndarray:
+        """Decoder logits ``[B, 64, 64, 64]`` of latents ``z``, ``chunk`` latents at a time (the memory knob)."""
+        if chunk < 1:
+            raise ValueError(f"decode chunk must be >= 1, got {chunk}")
+        return np.concatenate([np.asarray(self._decode(self.decoder_variables, z[i:i + chunk]))
+                               for i in range(0, z.shape[0], chunk)])
+
+    def __call__(self, image, *, num_samples: int = 1, seed: int = 42, noise: Optional[np.ndarray] = None,
+                 decode_chunk: int = 1, progress=None, **sampler) -> dict:
+        """One image -> ``{"coords" [N, 4] int32, "logits" [B, 64, 64, 64], "latent" [B, 16, 16, 16, 8],
+        "cond" [1, T, C]}``."""
+        cond = self.get_cond([image])
+        z = self.sample_latents(cond, num_samples=num_samples, seed=seed, noise=noise, progress=progress, **sampler)
+        logits = self.decode(z, decode_chunk)
+        return {"coords": sparse_structure_coords(logits), "logits": logits, "latent": np.asarray(z),
+                "cond": np.asarray(cond)}
+
+
+def save_sparse_structure(result: dict, directory: str | Path, info: Optional[dict] = None) -> list[str]:
+    """Write a pipeline result: ``coords.npy`` (``[N, 4]`` int32 ``(b, x, y, z)``; in PyTorch,
+    ``torch.from_numpy(np.load("coords.npy")).cuda()`` is the ``coords`` argument of TRELLIS's
+    ``TrellisImageTo3DPipeline.sample_slat(cond, coords)``), and per sample a preview mesh of the voxels
+    (``sample_<i>.glb`` + ``.png``; a preview only: TRELLIS's mesh comes from stage 2) with its occupancy grid.
+    Returns the ``.glb`` paths."""
+    from jaxshape.geometry import Shape, save_shapes
+    from jaxshape.geometry.voxels import voxel_field_mesh
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / "coords.npy", result["coords"])
+    shapes = []
+    for b, grid in enumerate(result["logits"]):
+        v, f = voxel_field_mesh(grid)
+        shapes.append(Shape(v, f, arrays={"occupancy": grid > 0},
+                            info={"voxels": int((result["coords"][:, 0] == b).sum()), **(info or {})}))
+    paths = save_shapes(shapes, directory)
+    (directory / "coords.json").write_text(json.dumps({"file": "coords.npy", "columns": ["batch", "x", "y", "z"],
+                                                       "resolution": int(result["logits"].shape[1])}))
+    return paths
