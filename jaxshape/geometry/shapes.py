@@ -52,3 +52,15 @@ def save_shapes(shapes: Sequence[Shape], directory: str | Path, infos: Optional[
         rows.append(row)
     (directory / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return written
+
+
+def occupancy_shapes(logits: Sequence) -> list[Shape]:
+    """Meshes of decoded sparse-structure logit grids ``[R, R, R]`` (occupied iff > 0; TRELLIS frame), each with
+    its occupancy grid beside it (saved as ``sample_<i>_occupancy.npy``)."""
+    from jaxshape.geometry.voxels import voxel_field_mesh
+
+    out = []
+    for grid in logits:
+        v, f = voxel_field_mesh(grid)
+        out.append(Shape(v, f, arrays={"occupancy": np.asarray(grid) > 0}))
+    return out

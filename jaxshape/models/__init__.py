@@ -1,7 +1,7 @@
 """The models, one file per upstream model; class names and fields follow upstream so official configs construct
 them. ``build`` makes one by class or released-checkpoint name; ``load`` / ``save`` are the front door for weights
 (saved and converted models, training workdirs)."""
-from jaxshape.models.dino_vit import DinoViT, image_condition
+from jaxshape.models.dino_vit import DinoViT, encode_condition, image_condition
 from jaxshape.models.registry import MODEL_CLASSES, build, model_spec
 from jaxshape.models.sparse_structure_flow import SparseStructureFlowModel
 from jaxshape.models.sparse_structure_vae import SparseStructureDecoder, SparseStructureEncoder
@@ -10,4 +10,5 @@ from jaxshape.models.vecset_dit import VecSetDiT
 from jaxshape.models.vecset_vae import VecSetVAE
 
 __all__ = ["MODEL_CLASSES", "DinoViT", "SparseStructureDecoder", "SparseStructureEncoder", "SparseStructureFlowModel",
-           "VecSetDiT", "VecSetVAE", "build", "components", "image_condition", "load", "load_all", "model_spec", "save"]
+           "VecSetDiT", "VecSetVAE", "build", "components", "encode_condition", "image_condition", "load", "load_all",
+           "model_spec", "save"]

@@ -246,3 +246,15 @@ def image_condition(outputs: Mapping[str, jax.Array], tap: str = "prenorm_ln", *
     if not keep_registers and num_register_tokens:
         tokens = jnp.concatenate([tokens[:, :1], tokens[:, 1 + num_register_tokens:]], axis=1)
     return tokens if dtype is None else tokens.astype(dtype)
+
+
+def encode_condition(encoder: nn.Module, variables, images, tap: str = "prenorm_ln", dtype: Any = jnp.float32):
+    """The condition tokens ``[N, T, C]`` of ``images [N, S, S, 3]`` in [0, 1] (preprocessed,
+    ``jaxshape.image``): ImageNet-normalised in fp32, read by ``encoder`` (a :class:`DinoViT`), then
+    :func:`image_condition` of ``tap`` cast to ``dtype`` -- what the training step and the pipelines feed a
+    3-D model."""
+    from jaxshape.image import IMAGENET_MEAN, IMAGENET_STD
+
+    x = (images.astype(jnp.float32) - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD,
+                                                                                              jnp.float32)
+    return image_condition(encoder.apply(variables, x), tap, dtype=dtype)

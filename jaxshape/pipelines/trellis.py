@@ -81,11 +81,9 @@ class TrellisSparseStructurePipeline:
         return trellis_preprocess(arr, size=size, patch_size=self.encoder.patch_size).astype(np.float32) / 255
 
     def _encode_fn(self, variables, images):
-        from jaxshape.image import IMAGENET_MEAN, IMAGENET_STD
-        from jaxshape.models import image_condition
+        from jaxshape.models import encode_condition
 
-        x = (images - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
-        return image_condition(self.encoder.apply(variables, x), "prenorm_ln", dtype=jnp.float32)
+        return encode_condition(self.encoder, variables, images, "prenorm_ln")
 
     def get_cond(self, images: Sequence) -> jax.Array:
         """``[n_images, 1374, 1024]`` condition tokens, the encoder run once per image."""
@@ -147,17 +145,14 @@ def save_sparse_structure(result: dict, directory: str | Path, info: Optional[di
     ``TrellisImageTo3DPipeline.sample_slat(cond, coords)``), and per sample a preview mesh of the voxels
     (``sample_<i>.glb`` + ``.png``; a preview only: TRELLIS's mesh comes from stage 2) with its occupancy grid.
     Returns the ``.glb`` paths."""
-    from jaxshape.geometry import Shape, save_shapes
-    from jaxshape.geometry.voxels import voxel_field_mesh
+    from jaxshape.geometry import occupancy_shapes, save_shapes
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / "coords.npy", result["coords"])
-    shapes = []
-    for b, grid in enumerate(result["logits"]):
-        v, f = voxel_field_mesh(grid)
-        shapes.append(Shape(v, f, arrays={"occupancy": grid > 0},
-                            info={"voxels": int((result["coords"][:, 0] == b).sum()), **(info or {})}))
+    shapes = occupancy_shapes(result["logits"])
+    for b, shape in enumerate(shapes):
+        shape.info.update(voxels=int((result["coords"][:, 0] == b).sum()), **(info or {}))
     paths = save_shapes(shapes, directory)
     (directory / "coords.json").write_text(json.dumps({"file": "coords.npy", "columns": ["batch", "x", "y", "z"],
                                                        "resolution": int(result["logits"].shape[1])}))

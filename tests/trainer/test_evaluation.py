@@ -16,12 +16,11 @@ from jaxshape.data.targets import TargetConfig
 from jaxshape.eval import occupancy_to_points, pairwise_chamfer, shape_metrics
 from jaxshape.eval.protocol import shape_surface_points
 from jaxshape.evaluate import evaluate_meshes, evaluate_workdir, main, write_report
-from jaxshape.geometry import save_shapes
+from jaxshape.geometry import occupancy_shapes, save_shapes
 from jaxshape.models.store import read_train_params
 from jaxshape.trainer.evaluation import REFERENCE_SEED_OFFSET, Evaluator, heldout_examples
 from jaxshape.trainer.loop import run
 from jaxshape.trainer.tasks import REFERENCE_POINTS, make_task
-from jaxshape.trainer.tasks.sparse_structure import occupancy_shapes
 from tests.tiny_configs import tiny_config
 from tests.trainer.conftest import one_device
 

@@ -87,14 +87,11 @@ def load_image_encoder(encoder: nn.Module, cond, seed: int) -> dict:
 def encode_images(encoder: nn.Module, variables, images, tap: str) -> jax.Array:
     """``[B·k, T, C]`` fp32 condition tokens of ``images [B, k, S, S, 3]`` in [0, 1] (ImageNet-normalised here),
     computed under ``stop_gradient`` in the encoder's dtype."""
-    from jaxshape.image import IMAGENET_MEAN, IMAGENET_STD
-    from jaxshape.models import image_condition
+    from jaxshape.models import encode_condition
 
     b, k = images.shape[:2]
-    x = images.reshape((b * k,) + images.shape[2:]).astype(jnp.float32)
-    x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
-    tokens = image_condition(encoder.apply(jax.lax.stop_gradient(variables), x), tap, dtype=jnp.float32)
-    return jax.lax.stop_gradient(tokens)
+    x = images.reshape((b * k,) + images.shape[2:])
+    return jax.lax.stop_gradient(encode_condition(encoder, jax.lax.stop_gradient(variables), x, tap))
 
 
 def first_view(batch: dict) -> dict:

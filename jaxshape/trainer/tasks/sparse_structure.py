@@ -10,18 +10,9 @@ import numpy as np
 from jaxshape import flow, losses
 from jaxshape.eval import occupancy_to_points, volume_iou
 from jaxshape.families import SPARSE_STRUCTURE, SS_FLOW, SS_VAE
-from jaxshape.geometry import Shape, voxel_field_mesh
+from jaxshape.geometry import occupancy_shapes
 from jaxshape.models.store import non_param_collections
 from jaxshape.trainer.tasks.base import FlowTask, VAETask, build_model
-
-
-def occupancy_shapes(logits: list) -> list[Shape]:
-    """Meshes of decoded sparse-structure logit grids (occupied iff > 0), with the occupancy grid beside each."""
-    out = []
-    for grid in logits:
-        v, f = voxel_field_mesh(grid)
-        out.append(Shape(v, f, arrays={"occupancy": np.asarray(grid) > 0}))
-    return out
 
 
 def occupancy_reference_points(examples: dict, n: int, seed: int) -> np.ndarray:
