@@ -40,8 +40,10 @@ setup(
         # (a bare `torch` requirement resolves to a multi-GB CUDA build).
         # transformers: the DINOv2 / DINOv3 parity oracle (models built from configs; nothing is downloaded)
         # moderngl: the view renderer (its tests skip on a machine without a system EGL)
-        "test": ["pytest>=8", "torch>=2.4", "transformers>=4.56", "moderngl==5.13.0"],
-        "dev": ["pytest>=8", "torch>=2.4", "transformers>=4.56", "moderngl==5.13.0", "ruff==0.17.6"],
+        # pymcubes: PartPacker's marching cubes (the reference meshes of the PartPacker pipeline parity test)
+        "test": ["pytest>=8", "torch>=2.4", "transformers>=4.56", "moderngl==5.13.0", "pymcubes==0.1.6"],
+        "dev": ["pytest>=8", "torch>=2.4", "transformers>=4.56", "moderngl==5.13.0", "pymcubes==0.1.6",
+                "ruff==0.17.6"],
         # optional accelerators of `python -m jaxshape.data.prepare` (exact numpy fallbacks exist):
         # fpsample builds from source with Rust on Python 3.11; open3d speeds up the TSDF ~2x
         "fast": ["fpsample>=1.0", "open3d>=0.18"],
@@ -55,6 +57,7 @@ setup(
             "jaxshape-convert=jaxshape.convert.cli:main",
             "jaxshape-sample=jaxshape.sample:main",
             "jaxshape-evaluate=jaxshape.evaluate:main",
+            "jaxshape-generate=jaxshape.generate:main",
         ],
     },
 )

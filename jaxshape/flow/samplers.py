@@ -9,6 +9,7 @@ model time ``float32(1000 σ)``. Both: ``x ← x − (t_i − t_{i+1}) v``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -26,17 +27,41 @@ def partpacker_sigmas(steps: int, shift: float = 3.0) -> np.ndarray:
     return shift * u / (1 + (shift - 1) * u)
 
 
+def _guided(v, b, convention, w):
+    vc, vu = v[:b], v[b:]
+    return (1 + w) * vc - w * vu if convention == "trellis" else vu + w * (vc - vu)
+
+
+@functools.partial(jax.jit, static_argnames=("velocity_fn",))
+def _cond_step(velocity_fn, params, x, model_t, dt, cond):
+    v = velocity_fn(params, x, jnp.full((x.shape[0],), model_t, jnp.float32), cond)
+    return x - dt * v
+
+
+@functools.partial(jax.jit, static_argnames=("velocity_fn", "convention"))
+def _cfg_step(velocity_fn, convention, params, x, model_t, dt, w, cond, uncond):
+    b = x.shape[0]
+    both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
+    v = velocity_fn(params, jnp.concatenate([x, x]), jnp.full((2 * b,), model_t, jnp.float32), both)
+    return x - dt * _guided(v, b, convention, w)
+
+
 def euler_sample(velocity_fn: Callable, noise: jax.Array, cond, uncond, times: Sequence[float], *,
                  guidance: float = 0.0, convention: str = "trellis",
                  guidance_interval: Optional[tuple[float, float]] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> jax.Array:
+                 progress: Optional[Callable[[int], None]] = None, params=None,
+                 step_conds: Optional[Sequence] = None) -> jax.Array:
     """Integrate from ``noise`` at ``times[0]`` to ``times[-1]``.
 
-    ``velocity_fn(x, model_t [B] fp32, cond) -> v`` (model_t = 1000·t). ``cond``/``uncond`` are pytrees with a
-    leading batch axis matching ``noise`` (or batch 1: repeated). ``convention``: ``"trellis"`` guidance
-    ``(1 + w) v_c − w v_u``, ``"partpacker"`` guidance ``v_u + w (v_c − v_u)``; ``guidance = 0`` (TRELLIS) or
-    ``1`` (PartPacker) is the conditional prediction alone. ``guidance_interval`` (TRELLIS) limits CFG to
-    ``lo ≤ t ≤ hi``. ``progress(1)`` is called after each step (e.g. a tqdm bar's ``update``).
+    ``velocity_fn(x, model_t [B] fp32, cond) -> v`` (model_t = 1000·t), or with ``params`` given
+    ``velocity_fn(params, x, model_t, cond)``: then the jitted steps take ``params`` as an argument (not a baked-in
+    constant) and are compiled once per ``velocity_fn`` object and shape, across calls. ``cond``/``uncond`` are
+    pytrees with a leading batch axis matching ``noise`` (or batch 1: repeated). ``convention``: ``"trellis"``
+    guidance ``(1 + w) v_c − w v_u``, ``"partpacker"`` guidance ``v_u + w (v_c − v_u)``; ``guidance = 0``
+    (TRELLIS) or ``1`` (PartPacker) is the conditional prediction alone. ``guidance_interval`` (TRELLIS) limits CFG
+    to ``lo ≤ t ≤ hi``. ``progress(1)`` is called after each step (e.g. a tqdm bar's ``update``).
+    ``step_conds`` (one condition per step, each shaped like ``cond``) replaces ``cond`` step by step (TRELLIS's
+    stochastic multi-image mode).
     """
     if convention not in ("trellis", "partpacker"):
         raise ValueError(f"convention must be 'trellis' or 'partpacker', got {convention!r}")
@@ -46,36 +71,42 @@ def euler_sample(velocity_fn: Callable, noise: jax.Array, cond, uncond, times: S
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:]) if a.shape[0] == 1 else a, tree)
 
     cond, uncond = rep(cond), rep(uncond)
-
-    @jax.jit
-    def cond_step(x, model_t, dt):
-        v = velocity_fn(x, jnp.full((b,), model_t, jnp.float32), cond)
-        return x - dt * v
-
-    @jax.jit
-    def cfg_step(x, model_t, dt, w):
-        tt = jnp.full((2 * b,), model_t, jnp.float32)
-        both = jax.tree.map(lambda c, u: jnp.concatenate([c, u]), cond, uncond)
-        v = velocity_fn(jnp.concatenate([x, x]), tt, both)
-        vc, vu = v[:b], v[b:]
-        if convention == "trellis":
-            v = (1 + w) * vc - w * vu
-        else:
-            v = vu + w * (vc - vu)
-        return x - dt * v
+    if step_conds is not None and len(step_conds) != len(times) - 1:
+        raise ValueError(f"step_conds must give one condition per step ({len(times) - 1}), got {len(step_conds)}")
+    if params is None:
+        fn = _ClosedVelocity(velocity_fn)
+    else:
+        fn = velocity_fn
 
     no_guidance = 0.0 if convention == "trellis" else 1.0
     x = noise
-    for t, t_next in zip(times[:-1], times[1:]):
+    for k, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+        c = cond if step_conds is None else rep(step_conds[k])
         active = guidance != no_guidance
         if guidance_interval is not None:
             active = active and guidance_interval[0] <= t <= guidance_interval[1]
         dt = np.float32(t - t_next)  # float64 difference rounded once, as upstream's scalar
         model_t = np.float32(1000.0 * t)  # formed in float64, like upstream's torch.tensor([1000 * t])
         if active:
-            x = cfg_step(x, model_t, dt, np.float32(guidance))
+            x = _cfg_step(fn, convention, params, x, model_t, dt, np.float32(guidance), c, uncond)
         else:
-            x = cond_step(x, model_t, dt)
+            x = _cond_step(fn, params, x, model_t, dt, c)
         if progress is not None:
             progress(1)
     return x
+
+
+class _ClosedVelocity:
+    """``velocity_fn(x, t, c)`` as ``(params, x, t, c)`` (params unused), hashable by the wrapped function."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, params, x, t, c):
+        return self.fn(x, t, c)
+
+    def __hash__(self):
+        return hash(self.fn)
+
+    def __eq__(self, other):
+        return isinstance(other, _ClosedVelocity) and other.fn is self.fn

@@ -27,9 +27,11 @@ def _project(points, frame_points, rot, size: int):
 
 
 def render_view(vertices, faces, size: int = 192, azimuth: float = 35.0, elevation: float = -60.0,
-                samples: int = 200_000, seed: int = 0) -> np.ndarray:
-    """``[size, size]`` uint8 grey image of the mesh seen along the rotated -z axis (z-up object frame)."""
-    img = np.full((size, size), 255, np.uint8)
+                samples: int = 200_000, seed: int = 0, face_colors=None) -> np.ndarray:
+    """``[size, size]`` uint8 grey image of the mesh seen along the rotated -z axis (z-up object frame); with
+    ``face_colors [F, 3]`` uint8, an RGB ``[size, size, 3]`` image of the shaded colours."""
+    colors = None if face_colors is None else np.asarray(face_colors, np.float64).reshape(-1, 3)
+    img = np.full((size, size) if colors is None else (size, size, 3), 255, np.uint8)
     v = np.asarray(vertices, np.float64)
     f = np.asarray(faces, np.int64)
     if len(f) == 0:
@@ -53,8 +55,14 @@ def render_view(vertices, faces, size: int = 192, azimuth: float = 35.0, elevati
     shade = np.abs(nn_[:, 2]) * 0.75 + 0.2  # two-sided Lambert toward the viewer
     order = np.argsort(depth)  # farthest first: later writes (nearer) win
     pix = iy[order] * size + ix[order]
-    flat = img.reshape(-1)
-    flat[pix] = np.clip(shade[order] * 255, 0, 255).astype(np.uint8)
+    if colors is None:
+        flat = img.reshape(-1)
+        flat[pix] = np.clip(shade[order] * 255, 0, 255).astype(np.uint8)
+    else:
+        if len(colors) != len(f):
+            raise ValueError(f"face_colors must have one row per face ({len(f)}), got {len(colors)}")
+        flat = img.reshape(-1, 3)
+        flat[pix] = np.clip(shade[order, None] * colors[fid[order]], 0, 255).astype(np.uint8)
     return img
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -23,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshape import flow
+
+log = logging.getLogger("jaxshape")
 
 # pipeline.json's sparse_structure_sampler params and args (image_conditioning.md §6.1)
 SS_SAMPLER_DEFAULTS = {"steps": 25, "cfg_strength": 7.5, "cfg_interval": (0.5, 1.0), "rescale_t": 3.0}
@@ -50,6 +53,8 @@ class TrellisSparseStructurePipeline:
     flow_variables: dict
     decoder: object
     decoder_variables: dict
+    dtype: Optional[str] = None  # "float32" / "bfloat16" / "float16"; None: each module's own (use_fp16) rule
+    sampler: dict = dataclasses.field(default_factory=lambda: dict(SS_SAMPLER_DEFAULTS))  # pipeline.json's params
 
     def __post_init__(self):
         if self.encoder.embed_dim != self.flow_model.cond_channels:
@@ -58,8 +63,28 @@ class TrellisSparseStructurePipeline:
         if self.decoder.latent_channels != self.flow_model.out_channels:
             raise ValueError(f"the decoder reads {self.decoder.latent_channels} latent channels but the flow model "
                              f"gives {self.flow_model.out_channels}")
+        unknown = set(self.sampler) - set(SS_SAMPLER_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(SS_SAMPLER_DEFAULTS)}")
+        self.sampler = {**SS_SAMPLER_DEFAULTS, **self.sampler}
+        if self.dtype is not None:
+            if self.dtype not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"dtype must be 'float32', 'bfloat16', 'float16' or None, got {self.dtype!r}")
+            dt = jnp.dtype(self.dtype)
+            self.encoder, self.flow_model, self.decoder = (m.clone(dtype=dt) for m in
+                                                           (self.encoder, self.flow_model, self.decoder))
         self._encode = jax.jit(self._encode_fn)
-        self._decode = jax.jit(lambda v, z: self.decoder.apply(v, z)[..., 0])
+        self._decode = jax.jit(lambda v, z: self.decoder.apply(v, z)[..., 0].astype(jnp.float32))
+        flow_model = self.flow_model
+        self._velocity = lambda v, x, t, c: flow_model.apply(v, x, t, c).astype(jnp.float32)  # compiled once
+
+        def mean_velocity(v, x, t, c):  # c [B, n_images, T, C]: the mean of the n predictions, one forward
+            b, n = c.shape[:2]
+            xs = jnp.repeat(x, n, axis=0)
+            out = flow_model.apply(v, xs, jnp.repeat(t, n), c.reshape((b * n,) + c.shape[2:]))
+            return out.astype(jnp.float32).reshape((b, n) + out.shape[1:]).mean(axis=1)
+
+        self._mean_velocity = mean_velocity
 
     # -- the condition
 
@@ -99,27 +124,61 @@ class TrellisSparseStructurePipeline:
     def sample_latents(self, cond: jax.Array, *, num_samples: int = 1, seed: int = 42,
                        noise: Optional[np.ndarray] = None, progress: Optional[Callable[[int], None]] = None,
                        **sampler) -> jax.Array:
-        """Sparse-structure latents ``[num_samples, 16, 16, 16, 8]`` for one image's ``cond [1, T, C]``.
-        ``sampler`` overrides :data:`SS_SAMPLER_DEFAULTS` (``steps``, ``cfg_strength``, ``cfg_interval``,
-        ``rescale_t``)."""
+        """Sparse-structure latents ``[num_samples, 16, 16, 16, 8]`` for one image's ``cond [1, T, C]`` (or a
+        condition per sample, ``[num_samples, T, C]``: a batch of images, shardable over devices).
+        ``sampler`` overrides the pipeline's ``sampler`` (:data:`SS_SAMPLER_DEFAULTS` unless ``pipeline.json``
+        says otherwise: ``steps``, ``cfg_strength``, ``cfg_interval``, ``rescale_t``)."""
         unknown = set(sampler) - set(SS_SAMPLER_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(SS_SAMPLER_DEFAULTS)}")
-        p = {**SS_SAMPLER_DEFAULTS, **sampler}
+        p = {**self.sampler, **sampler}
         shape = (num_samples,) + self.latent_shape()
         if noise is None:
             noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
         elif tuple(np.shape(noise)) != shape:
             raise ValueError(f"noise must have shape {shape} (channels-last), got {tuple(np.shape(noise))}")
-        if cond.shape[0] != 1:
-            raise ValueError(f"sample_latents takes one image's condition [1, T, C], got {tuple(cond.shape)}")
+        if cond.ndim != 3 or cond.shape[0] not in (1, num_samples):
+            raise ValueError(f"sample_latents takes one image's condition [1, T, C] (or one per sample, "
+                             f"[{num_samples}, T, C]), got {tuple(cond.shape)}")
 
-        def velocity(x, t, c):
-            return self.flow_model.apply(self.flow_variables, x, t, c)
-
-        return flow.euler_sample(velocity, jnp.asarray(noise, jnp.float32), cond, jnp.zeros_like(cond),
+        return flow.euler_sample(self._velocity, jnp.asarray(noise, jnp.float32), cond, jnp.zeros_like(cond),
                                  flow.trellis_timesteps(p["steps"], p["rescale_t"]), guidance=p["cfg_strength"],
-                                 convention="trellis", guidance_interval=tuple(p["cfg_interval"]), progress=progress)
+                                 convention="trellis", guidance_interval=tuple(p["cfg_interval"]), progress=progress,
+                                 params=self.flow_variables)
+
+    def sample_latents_multi_image(self, cond: jax.Array, *, mode: str = "stochastic", num_samples: int = 1,
+                                   seed: int = 42, noise: Optional[np.ndarray] = None,
+                                   progress: Optional[Callable[[int], None]] = None, **sampler) -> jax.Array:
+        """Latents for one object seen in several images, ``cond [n_images, T, C]`` (``run_multi_image``):
+        ``"stochastic"``: step k is conditioned on image ``k mod n`` (a warning if n > steps);
+        ``"multidiffusion"``: every step uses the mean of the n conditional predictions, guided inside the interval
+        as ``(1 + w) mean_i v(c_i) − w v(∅)``. The unconditional branch is zeros, as for one image."""
+        if mode not in ("stochastic", "multidiffusion"):
+            raise ValueError(f"mode must be 'stochastic' or 'multidiffusion', got {mode!r}")
+        unknown = set(sampler) - set(SS_SAMPLER_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(SS_SAMPLER_DEFAULTS)}")
+        p = {**self.sampler, **sampler}
+        if cond.ndim != 3:
+            raise ValueError(f"cond must be [n_images, T, C], got {tuple(cond.shape)}")
+        n = cond.shape[0]
+        shape = (num_samples,) + self.latent_shape()
+        if noise is None:
+            noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+        elif tuple(np.shape(noise)) != shape:
+            raise ValueError(f"noise must have shape {shape} (channels-last), got {tuple(np.shape(noise))}")
+        times = flow.trellis_timesteps(p["steps"], p["rescale_t"])
+        kw = dict(guidance=p["cfg_strength"], convention="trellis", guidance_interval=tuple(p["cfg_interval"]),
+                  progress=progress, params=self.flow_variables)
+        if mode == "stochastic":
+            if n > p["steps"]:
+                log.warning("%d conditioning images but %d steps: images %d.. are never used", n, p["steps"],
+                            p["steps"])
+            steps = [cond[k % n:k % n + 1] for k in range(p["steps"])]
+            return flow.euler_sample(self._velocity, jnp.asarray(noise, jnp.float32), cond[:1],
+                                     jnp.zeros_like(cond[:1]), times, step_conds=steps, **kw)
+        return flow.euler_sample(self._mean_velocity, jnp.asarray(noise, jnp.float32), cond[None],
+                                 jnp.zeros_like(cond[None]), times, **kw)
 
     def decode(self, z: jax.Array, chunk: int = 1) -> np.ndarray:
         """Decoder logits ``[B, 64, 64, 64]`` of latents ``z``, ``chunk`` latents at a time (the memory knob)."""
@@ -134,6 +193,17 @@ class TrellisSparseStructurePipeline:
         "cond" [1, T, C]}``."""
         cond = self.get_cond([image])
         z = self.sample_latents(cond, num_samples=num_samples, seed=seed, noise=noise, progress=progress, **sampler)
+        logits = self.decode(z, decode_chunk)
+        return {"coords": sparse_structure_coords(logits), "logits": logits, "latent": np.asarray(z),
+                "cond": np.asarray(cond)}
+
+
+    def run_multi_image(self, images: Sequence, *, mode: str = "stochastic", num_samples: int = 1, seed: int = 42,
+                        noise: Optional[np.ndarray] = None, decode_chunk: int = 1, progress=None, **sampler) -> dict:
+        """Several images of one object -> the result of :meth:`__call__` (``cond`` holds every image's)."""
+        cond = self.get_cond(list(images))
+        z = self.sample_latents_multi_image(cond, mode=mode, num_samples=num_samples, seed=seed, noise=noise,
+                                            progress=progress, **sampler)
         logits = self.decode(z, decode_chunk)
         return {"coords": sparse_structure_coords(logits), "logits": logits, "latent": np.asarray(z),
                 "cond": np.asarray(cond)}

@@ -100,3 +100,24 @@ def test_defaults_seed_and_errors(models):
         TrellisSparseStructurePipeline(pipe.encoder, pipe.encoder_variables,
                                        SparseStructureFlowModel(**{**FLOW, "cond_channels": 64}), {},
                                        pipe.decoder, pipe.decoder_variables)
+
+
+@pytest.mark.parametrize("mode", ["stochastic", "multidiffusion"])
+def test_multi_image_matches_the_pytorch_pipeline(models, mode):
+    pipe, dino, tflow, tdec = models
+    images = [_rgba(), _rgba(260, 300), _rgba(200, 200)]
+    pre = np.stack([pipe.preprocess(im) for im in images])
+    cond_ref = TP.encode_image(dino, pre)
+    noise = torch.randn(2, 4, 4, 4, 4, generator=torch.Generator().manual_seed(11))
+    params = dict(steps=5, cfg_strength=7.5, cfg_interval=(0.5, 1.0), rescale_t=3.0)
+    z_ref = TP.sample_multi_image(tflow, noise, cond_ref, mode=mode, **params)
+    logits_ref, coords_ref = TP.decode_coords(tdec, z_ref)
+    out = pipe.run_multi_image(images, mode=mode, num_samples=2, noise=noise.numpy().transpose(0, 2, 3, 4, 1),
+                               **params)
+    assert out["cond"].shape[0] == 3
+    assert max_rel_err(out["latent"], z_ref.numpy().transpose(0, 2, 3, 4, 1)) <= 1e-4
+    np.testing.assert_array_equal(out["coords"], coords_ref)
+    one = pipe(images[0], num_samples=2, noise=noise.numpy().transpose(0, 2, 3, 4, 1), **params)
+    assert max_rel_err(out["latent"], one["latent"]) > 1e-3  # the other views matter
+    with pytest.raises(ValueError, match="mode must be"):
+        pipe.run_multi_image(images, mode="average")

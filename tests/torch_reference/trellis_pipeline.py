@@ -44,3 +44,30 @@ def decode_coords(decoder, z: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     logits = decoder(z)
     coords = torch.argwhere(logits > 0)[:, [0, 2, 3, 4]].int()
     return logits.numpy(), coords.numpy()
+
+
+@torch.no_grad()
+def sample_multi_image(model, noise: torch.Tensor, cond: torch.Tensor, *, mode: str, steps: int, cfg_strength: float,
+                       cfg_interval, rescale_t: float) -> torch.Tensor:
+    """``run_multi_image``'s patched sampler (image_conditioning.md §5.3): ``cond [n_images, T, C]``, the negative
+    condition zeros of one image; ``"stochastic"`` takes image ``k mod n`` at step k, ``"multidiffusion"`` averages
+    the n conditional predictions (separate forwards, as upstream)."""
+    t_seq = np.linspace(1, 0, steps + 1)
+    t_seq = rescale_t * t_seq / (1 + (rescale_t - 1) * t_seq)
+    b = noise.shape[0]
+    neg = torch.zeros_like(cond[:1]).repeat(b, 1, 1)
+    indices = (np.arange(steps) % cond.shape[0]).tolist()
+    x = noise
+    for t, t_prev in zip(t_seq[:-1], t_seq[1:]):
+        tt = torch.tensor([1000 * t] * b, dtype=torch.float32)
+        inside = cfg_interval[0] <= t <= cfg_interval[1]
+        if mode == "stochastic":
+            i = indices.pop(0)
+            pred = model(x, tt, cond[i:i + 1].repeat(b, 1, 1))
+        else:
+            preds = [model(x, tt, cond[i:i + 1].repeat(b, 1, 1)) for i in range(cond.shape[0])]
+            pred = sum(preds) / len(preds)
+        if inside:
+            pred = (1 + cfg_strength) * pred - cfg_strength * model(x, tt, neg)
+        x = x - (t - t_prev) * pred
+    return x
