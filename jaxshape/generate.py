@@ -88,7 +88,7 @@ def generate(pipe, paths, out: Path, *, seed: int = 42, num_samples: int = 1, sa
     import numpy as np
     from tqdm import tqdm
 
-    from jaxshape.pipelines import PartPackerPipeline, save_parts, save_sparse_structure, sparse_structure_coords
+    from jaxshape.pipelines import PartPackerPipeline, save_parts, save_sparse_structure
 
     partpacker = isinstance(pipe, PartPackerPipeline)
     sampler = dict(sampler or {})
@@ -150,7 +150,8 @@ def generate(pipe, paths, out: Path, *, seed: int = 42, num_samples: int = 1, sa
                     line = f"{sum(n_parts)} parts, {sum(faces):,} faces"
                 else:
                     logits = pipe.decode(jnp.asarray(zi), decode_chunk or 1)
-                    result = {"coords": sparse_structure_coords(logits), "logits": logits, "latent": zi}
+                    result = {"coords": pipe.coords(logits), "logits": logits, "latent": zi,
+                              "coords_resolution": pipe.coords_resolution(logits)}
                     save_sparse_structure(result, target, info={"image": str(p), "seed": seed})
                     voxels = [int((result["coords"][:, 0] == b).sum()) for b in range(num_samples)]
                     what = {"voxels": voxels}
@@ -222,7 +223,8 @@ def main(argv=None) -> int:
 
     paths = image_paths(a.image)
     pipe = from_pretrained(a.model, encoder=a.encoder, cache_dir=a.cache_dir, dtype=a.dtype)
-    sampler = {k: v for k, v in (("steps", a.steps), ("cfg_strength", a.cfg)) if v is not None}
+    cfg_key = "guidance_strength" if "guidance_strength" in pipe.sampler else "cfg_strength"  # TRELLIS.2's name
+    sampler = {k: v for k, v in (("steps", a.steps), (cfg_key, a.cfg)) if v is not None}
     if a.multi_image:
         summaries = [generate_multi_image(pipe, paths, Path(a.out), mode=a.multi_image, seed=a.seed,
                                           num_samples=a.num_samples, sampler=sampler, decode_chunk=a.decode_chunk,

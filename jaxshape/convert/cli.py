@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 
 from jaxshape.convert.dino import dino_args_from_hf_config, read_hf_folder, to_hub_names
 from jaxshape.convert.readers import load_state_dict, read_model_json, strip_prefix
 from jaxshape.convert.state_dict import from_torch
 from jaxshape.models.dino_vit import DinoViT
+
+log = logging.getLogger("jaxshape")
 
 
 def convert(name: str | None, args: dict, weights: str | Path, out: str | Path, *, prefix: str = "",
@@ -48,11 +52,24 @@ def convert(name: str | None, args: dict, weights: str | Path, out: str | Path, 
     if name is None:
         raise ValueError(f"{weights}: give the model (--config or --model); only an HF folder carries its config")
     module = build(name, args, **overrides)
+    state_dict = _with_rebuilt_buffers(module, strip_prefix(state_dict, prefix) if prefix else state_dict)
     if isinstance(module, DinoViT):
-        state_dict = to_hub_names(strip_prefix(state_dict, prefix) if prefix else state_dict)
-        prefix = ""
-    variables = from_torch(module, state_dict, prefix=prefix)
+        state_dict = to_hub_names(state_dict)
+    variables = from_torch(module, state_dict)
     return save(out, module, variables)
+
+
+def _with_rebuilt_buffers(module, state_dict: dict) -> dict:
+    """TRELLIS.2 loads checkpoints with ``strict=False`` and rebuilds its ``rope_phases`` buffer at construction: a
+    file without it gets the module's own (the one buffer upstream may omit; every parameter stays required)."""
+    from jaxshape.models import SparseStructureFlowModel
+    from jaxshape.models.sparse_structure_flow import rope_buffer
+
+    if (isinstance(module, SparseStructureFlowModel) and module.upstream == "trellis2" and module.pe_mode == "rope"
+            and "rope_phases" not in state_dict):
+        log.info("%s: no rope_phases in the file; built from the config (as TRELLIS.2 does)", type(module).__name__)
+        return {**state_dict, "rope_phases": np.asarray(rope_buffer(module))}
+    return state_dict
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@
   half-to-even, outside = transparent black), Pillow LANCZOS resize of the RGBA crop (premultiplied internally),
   then ``RGB * A`` in float32 and a truncating ``uint8`` cast: the object on **black**.  Bit-exact for the same
   Pillow major version, since the same Pillow calls are made.
+* :func:`trellis2_preprocess` reproduces ``Trellis2ImageTo3DPipeline.preprocess_image`` and its DINOv3 resize.
 * :func:`partpacker_preprocess` reproduces ``preprocess_image`` of PartPacker's ``flow/scripts/infer.py``
   (``resize="linear"``, INTER_LINEAR; ``resize="area"``: INTER_AREA, what PartPacker's ``app.py`` uses): mask
   ``alpha > 0``,
@@ -39,8 +40,8 @@ import numbers
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "trellis_preprocess", "partpacker_preprocess", "recenter_foreground",
-           "resize_like_cv2", "imagenet_normalize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "trellis_preprocess", "trellis2_preprocess", "partpacker_preprocess",
+           "recenter_foreground", "resize_like_cv2", "imagenet_normalize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -149,6 +150,46 @@ def trellis_preprocess(image, mask=None, *, size: int = 518, patch_size: int = 1
     crop = Image.fromarray(rgba).crop((cx - half, cy - half, cx + half, cy + half))  # Pillow rounds half-to-even
     out = np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS)).astype(np.float32) / 255
     return ((out[..., :3] * out[..., 3:4]) * 255).astype(np.uint8)
+
+
+def trellis2_preprocess(image, mask=None, *, size: int = 512, patch_size: int = 16) -> np.ndarray:
+    """TRELLIS.2 ``Trellis2ImageTo3DPipeline.preprocess_image`` and the resize of its ``DinoV3FeatureExtractor``:
+    ``image`` (PIL, or uint8 RGBA / RGB) + optional ``mask`` -> float32 ``[size, size, 3]`` in [0, 1], the object on
+    black filling the frame.
+
+    Upstream's order: a LANCZOS downscale to ``max(w, h) <= 1024`` (``(int(w*s), int(h*s))``, every input); the
+    bbox of ``alpha > 0.8*255``; a square of side ``max extent`` (no margin, unlike TRELLIS's 1.2) around its
+    centre (Pillow crop, coordinates rounded half-to-even, outside transparent black); ``RGB * A`` and a truncating
+    ``uint8`` cast *at crop size*; then the LANCZOS resize of that RGB image to ``size`` and ``/ 255``. TRELLIS.2
+    removes backgrounds with BiRefNet, which jaxshape does not ship: an image without transparency needs ``mask``.
+    """
+    fn = "trellis2_preprocess"
+    size = _check_size(fn, size, patch_size)
+    arr = _image_array(fn, image)
+    if mask is not None:
+        arr = _with_mask(fn, arr, mask)
+    elif arr.shape[2] == 3 or np.all(arr[..., 3] == 255):
+        raise ValueError(f"{fn}: the image has no transparency, and TRELLIS.2 would remove its background with "
+                         "BiRefNet, which jaxshape does not ship; pass an RGBA image whose alpha marks the object, or "
+                         "mask=[H, W] (bool or uint8 0..255)")
+    img = Image.fromarray(arr)
+    scale = min(1, 1024 / max(img.size))
+    if scale < 1:
+        img = img.resize((int(img.width * scale), int(img.height * scale)), Image.Resampling.LANCZOS)
+    rgba = np.asarray(img)
+    ys, xs = np.nonzero(rgba[..., 3] > 0.8 * 255)
+    if ys.size == 0:
+        raise ValueError(f"{fn}: no pixel has alpha > 0.8*255 (alpha >= 205): the alpha/mask marks no foreground "
+                         f"(max alpha {int(rgba[..., 3].max())})")
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half = max(x1 - x0, y1 - y0) // 2
+    if half == 0:
+        raise ValueError(f"{fn}: the foreground (alpha >= 205) bbox x [{x0}, {x1}], y [{y0}, {y1}] is too small: "
+                         "its larger extent must be >= 2 px for a non-empty crop")
+    crop = np.asarray(img.crop((cx - half, cy - half, cx + half, cy + half))).astype(np.float32) / 255
+    rgb = Image.fromarray(((crop[..., :3] * crop[..., 3:4]) * 255).astype(np.uint8))
+    return np.asarray(rgb.resize((size, size), Image.Resampling.LANCZOS)).astype(np.float32) / 255
 
 
 # ----------------------------------------------------------------------------------------------------------------

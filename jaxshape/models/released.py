@@ -30,6 +30,11 @@ RELEASED: dict[str, tuple[str, dict]] = {
         _SS_FLOW, model_channels=1024, cond_channels=768, num_blocks=24, num_heads=16)),
     "ss_flow_txt_dit_XL_16l8_fp16": ("SparseStructureFlowModel", dict(
         _SS_FLOW, model_channels=1280, cond_channels=768, num_blocks=28, num_heads=16, qk_rms_norm_cross=True)),
+    # microsoft/TRELLIS.2-4B/ckpts (configs/gen/ss_flow_img_dit_1_3B_64_bf16.json; conditioned on dinov3_vitl16)
+    "ss_flow_img_dit_1_3B_64_bf16": ("SparseStructureFlowModel", dict(
+        resolution=16, in_channels=8, out_channels=8, model_channels=1536, cond_channels=1024, num_blocks=30,
+        num_heads=12, mlp_ratio=5.3334, pe_mode="rope", share_mod=True, initialization="scaled", qk_rms_norm=True,
+        qk_rms_norm_cross=True, upstream="trellis2")),
     # NVlabs/PartPacker vae.pt (part_woenc: the VecSetVAE defaults) and flow.pt (the DiT inside it, keys "dit.*")
     "partpacker_vae": ("VecSetVAE", {}),
     "partpacker_dit": ("VecSetDiT", dict(

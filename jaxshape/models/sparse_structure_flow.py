@@ -1,12 +1,19 @@
-"""TRELLIS sparse-structure flow DiT over the patchified 16³×8 latent grid.
+"""TRELLIS sparse-structure flow DiT over the (patchified) 16³×8 latent grid -- TRELLIS's and TRELLIS.2's.
 
-Fields carry TRELLIS's constructor arguments; ``dtype``, ``param_dtype``, ``remat_policy``, ``attention_impl`` and
-``scan_unroll`` (see ``jaxshape.nn.layer_unroll``; ``None`` = automatic) are added.
-Call ``(x [B, R, R, R, in_channels], t [B] (already 1000·t), cond [B, M, Cc])``.
+Fields carry the upstream constructor arguments (TRELLIS's, and TRELLIS.2's ``rope_freq`` / ``initialization``;
+TRELLIS.2's ``dtype`` string is the ``dtype`` field); ``upstream`` says whose module it is, ``param_dtype``,
+``remat_policy``, ``attention_impl`` and ``scan_unroll`` (see ``jaxshape.nn.layer_unroll``; ``None`` = automatic)
+are added. Call ``(x [B, R, R, R, in_channels], t [B] (already 1000·t), cond [B, M, Cc])``.
 The per-block weights live in one ``nn.scan`` stack named ``blocks`` (leading axis = block index).
 ``pe_mode="ape"`` keeps upstream's ``pos_emb`` buffer in the ``"buffers"`` collection (so released checkpoints
 load bit-exactly); ``pe_mode="rope"`` is TRELLIS.2's 3-D RoPE on the self-attention (TRELLIS v1's dense RoPE path
 cannot run as written; see docs/architecture.md).
+
+``upstream="trellis2"`` (``trellis2/models/sparse_structure_flow.py``; the 1.3 B ``ss_flow_img_dit_1_3B_64_bf16``)
+differs from TRELLIS v1's module: no patchify (``patch_size`` 1), the RoPE phases are a complex64 ``rope_phases``
+buffer ``[R³, head_dim / 2]`` of its checkpoint, ``share_mod`` adds a learned per-block ``modulation`` ``[6C]`` to
+the shared adaLN output, and ``initialization="scaled"`` (:meth:`init`) draws N(0, 2/(5C)) linears, N(0, 1/(5·blocks·C))
+output projections and N(0, 1/in) input layer.
 """
 from __future__ import annotations
 
@@ -43,8 +50,11 @@ class SparseStructureFlowModel(nn.Module):
     num_heads: Optional[int] = None
     num_head_channels: Optional[int] = 64
     mlp_ratio: float = 4
-    patch_size: int = 2
+    patch_size: Optional[int] = None  # None: upstream's (TRELLIS 2, TRELLIS.2 1 -- it has no patchify)
     pe_mode: str = "ape"
+    rope_freq: tuple = (1.0, 10000.0)  # TRELLIS.2: (scale, theta) of the RoPE frequencies
+    initialization: str = "vanilla"  # TRELLIS.2: "vanilla" | "scaled"
+    upstream: str = "trellis"  # "trellis" (v1) | "trellis2"
     use_fp16: bool = False
     use_checkpoint: bool = False
     share_mod: bool = False
@@ -58,9 +68,15 @@ class SparseStructureFlowModel(nn.Module):
 
     def __post_init__(self):
         name = "SparseStructureFlowModel"
-        if self.patch_size < 1 or self.resolution % self.patch_size:
+        if self.upstream not in ("trellis", "trellis2"):
+            raise ValueError(f"{name}: upstream must be 'trellis' or 'trellis2', got {self.upstream!r}")
+        if self.upstream == "trellis2" and self.patch_size not in (None, 1):
+            raise ValueError(f"{name}: TRELLIS.2's module has no patchify (patch_size 1), got {self.patch_size}")
+        if self.initialization not in ("vanilla", "scaled"):
+            raise ValueError(f"{name}: initialization must be 'vanilla' or 'scaled', got {self.initialization!r}")
+        if self.patch < 1 or self.resolution % self.patch:
             raise ValueError(f"{name}: resolution {self.resolution} must be divisible by patch_size "
-                             f"{self.patch_size}")
+                             f"{self.patch}")
         heads = self.heads
         if heads < 1 or self.model_channels % heads:
             raise ValueError(f"{name}: model_channels {self.model_channels} must be divisible by num_heads {heads}")
@@ -81,8 +97,23 @@ class SparseStructureFlowModel(nn.Module):
         return self.model_channels // self.num_head_channels
 
     @property
+    def patch(self) -> int:
+        """The patch size in use (``patch_size``, or upstream's default)."""
+        if self.patch_size is not None:
+            return self.patch_size
+        return 1 if self.upstream == "trellis2" else 2
+
+    @property
     def grid_size(self) -> int:
-        return self.resolution // self.patch_size
+        return self.resolution // self.patch
+
+    def init(self, rngs, *args, **kwargs):
+        """``nn.Module.init``, then TRELLIS.2's ``initialization="scaled"`` rule where asked for."""
+        variables = super().init(rngs, *args, **kwargs)
+        if self.initialization == "scaled":
+            key = rngs if not isinstance(rngs, dict) else rngs["params"]
+            variables = _scaled_init(variables, jax.random.fold_in(key, 0x5CA1ED), self)
+        return variables
 
     def scanned_stacks(self) -> dict:
         """Flax stack name -> (upstream ModuleList prefix, length), for the converter."""
@@ -96,7 +127,7 @@ class SparseStructureFlowModel(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array) -> jax.Array:
-        r, c, p = self.resolution, self.model_channels, self.patch_size
+        r, c, p = self.resolution, self.model_channels, self.patch
         expected = (x.shape[0], r, r, r, self.in_channels)
         if tuple(x.shape) != expected:
             raise ValueError(f"SparseStructureFlowModel: x must have shape [B, {r}, {r}, {r}, {self.in_channels}], "
@@ -118,6 +149,8 @@ class SparseStructureFlowModel(nn.Module):
             pos_emb = self.variable("buffers", "pos_emb",
                                     lambda: absolute_position_embedding_3d(grid_coords_3d(g), c))
             h = h + pos_emb.value[None].astype(h.dtype)
+        elif self.upstream == "trellis2":  # the checkpoint's complex buffer (bit-exact phases)
+            rope = self.variable("buffers", "rope_phases", lambda: rope_buffer(self)).value
         else:
             rope = rope_phases_3d(grid_coords_3d(g), c // self.heads)
         temb = TimestepEmbedder(c, name="t_embedder", **fp32)(t)
@@ -131,7 +164,8 @@ class SparseStructureFlowModel(nn.Module):
             channels=c, num_heads=self.heads, mlp_ratio=self.mlp_ratio, naming="trellis",
             qk_norm="rms_per_head" if self.qk_rms_norm else None,
             qk_norm_cross="rms_per_head" if self.qk_rms_norm_cross else None,
-            share_mod=self.share_mod, norm2_affine=True, approximate_gelu=True,
+            share_mod=self.share_mod, modulation_bias=self.share_mod and self.upstream == "trellis2",
+            norm2_affine=True, approximate_gelu=True,
             dtype=torso, param_dtype=self.param_dtype, attention_impl=self.attention_impl,
         )
         h, _ = blocks(h.astype(torso), temb.astype(torso), cond.astype(torso), rope)
@@ -139,3 +173,44 @@ class SparseStructureFlowModel(nn.Module):
         h = Dense(self.out_channels * p**3, init_scheme="zeros", axes=(EMBED, PATCH), name="out_layer", **fp32)(h)
         h = h.reshape(b, g, g, g, self.out_channels * p**3)
         return unpatchify(h, p)
+
+
+def rope_buffer(model: SparseStructureFlowModel) -> jax.Array:
+    """TRELLIS.2's ``rope_phases`` buffer: complex64 ``[R³, head_dim / 2]`` unit phases of the grid coordinates
+    (equal to upstream's torch computation to float32 rounding). Upstream loads its checkpoints with
+    ``strict=False`` and builds the buffer at construction, so a file may lack it: the converter then uses this."""
+    g, hd = model.grid_size, model.model_channels // model.heads
+    angles = rope_phases_3d(grid_coords_3d(g), hd, theta=model.rope_freq[1], scale=model.rope_freq[0])
+    return jax.lax.complex(jnp.cos(angles), jnp.sin(angles))
+
+
+def _scaled_init(variables: dict, key: jax.Array, model: SparseStructureFlowModel) -> dict:
+    """TRELLIS.2's ``initialize_weights`` for ``initialization="scaled"``: every Linear N(0, 2/(5C)) with zero
+    bias; the attention output projections and the FFN's second layer N(0, 1/(5·blocks·C)); the input layer
+    N(0, 1/in); the time MLP N(0, 0.02²); the adaLN modulation and the output layer zero (as the vanilla rule)."""
+    from flax import traverse_util
+    from flax.core import meta
+
+    c, nb = model.model_channels, model.num_blocks
+    flat = traverse_util.flatten_dict(variables["params"])
+    out = {}
+    for i, (path, leaf) in enumerate(sorted(flat.items())):
+        value = meta.unbox(leaf)
+        name = "/".join(path)
+        if path[-1] != "kernel":
+            out[path] = leaf
+            continue
+        if name.startswith("t_embedder"):
+            std = 0.02
+        elif "adaLN_modulation" in name or name.startswith("out_layer"):
+            out[path] = leaf
+            continue
+        elif name.startswith("input_layer"):
+            std = value.shape[0] ** -0.5
+        elif name.endswith(("to_out/kernel", "mlp_2/kernel")):
+            std = (5 * nb * c) ** -0.5
+        else:
+            std = (2.0 / (5.0 * c)) ** 0.5
+        new = (std * jax.random.normal(jax.random.fold_in(key, i), value.shape, jnp.float32)).astype(value.dtype)
+        out[path] = leaf.replace_boxed(new) if isinstance(leaf, meta.AxisMetadata) else new
+    return {**variables, "params": traverse_util.unflatten_dict(out)}

@@ -94,16 +94,17 @@ def absolute_position_embedding_3d(coords: np.ndarray | jax.Array, channels: int
     return emb
 
 
-def rope_phases_3d(coords: np.ndarray | jax.Array, head_dim: int, theta: float = 10000.0) -> jax.Array:
-    """3-D rotary phases (TRELLIS.2 convention): ``freq_dim = head_dim // 2 // 3`` frequencies
-    ``1 / theta^(j / freq_dim)`` per axis; phases ``[x f, y f, z f]`` per token, padded with zero phase to
-    ``head_dim / 2``. Returns fp32 [N, head_dim // 2] angles."""
+def rope_phases_3d(coords: np.ndarray | jax.Array, head_dim: int, theta: float = 10000.0,
+                   scale: float = 1.0) -> jax.Array:
+    """3-D rotary phases (TRELLIS.2 convention, ``rope_freq = (scale, theta)``): ``freq_dim = head_dim // 2 // 3``
+    frequencies ``scale / theta^(j / freq_dim)`` per axis; phases ``[x f, y f, z f]`` per token, padded with zero
+    phase to ``head_dim / 2``. Returns fp32 [N, head_dim // 2] angles."""
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
     coords = jnp.asarray(coords, jnp.float32)
     n, d = coords.shape
     fd = head_dim // 2 // d
-    freqs = 1.0 / (theta ** (jnp.arange(fd, dtype=jnp.float32) / fd))
+    freqs = jnp.float32(scale) / (jnp.float32(theta) ** (jnp.arange(fd, dtype=jnp.float32) / fd))
     phases = (coords.reshape(-1)[:, None] * freqs[None]).reshape(n, -1)
     pad = head_dim // 2 - phases.shape[1]
     if pad:
@@ -114,13 +115,16 @@ def rope_phases_3d(coords: np.ndarray | jax.Array, head_dim: int, theta: float =
 def apply_rope(x: jax.Array, phases: jax.Array, pairing: str = "adjacent") -> jax.Array:
     """Rotate pairs of features of the last axis by ``phases[..., i]``.
 
-    ``x``: [B, N, H, D]; ``phases``: [N, D/2]. ``pairing``: ``"adjacent"`` rotates ``(x[2i], x[2i+1])``
+    ``x``: [B, N, H, D]; ``phases``: [N, D/2] angles, or unit complex numbers (TRELLIS.2's ``rope_phases`` buffer:
+    their real and imaginary parts are the cosines and sines). ``pairing``: ``"adjacent"`` rotates ``(x[2i], x[2i+1])``
     (TRELLIS.2's complex form); ``"halves"`` rotates ``(x[i], x[i + D/2])`` (the ``rotate_half`` form of DINOv3 and
     LLaMA-style code). A zero phase leaves its pair unchanged exactly. fp32 inside, cast back to ``x.dtype``.
     """
     shape = x.shape
-    cos = jnp.cos(phases)[:, None, :]
-    sin = jnp.sin(phases)[:, None, :]
+    if jnp.iscomplexobj(phases):
+        cos, sin = jnp.real(phases)[:, None, :], jnp.imag(phases)[:, None, :]
+    else:
+        cos, sin = jnp.cos(phases)[:, None, :], jnp.sin(phases)[:, None, :]
     if pairing == "adjacent":
         xp = x.astype(jnp.float32).reshape(*shape[:-1], shape[-1] // 2, 2)
         a, b = xp[..., 0], xp[..., 1]

@@ -118,7 +118,8 @@ class ModulatedCrossBlock(nn.Module):
     """adaLN block: ``x += g1·SelfAttn(mod(LN1 x))``; ``x += CrossAttn(LN2 x, ctx)``; ``x += g2·FFN(mod(LN3 x))``.
 
     Call ``(x [B, L, C], cond [B, C] or [B, 6C], context [B, M, Cc], rope_phases | None) -> (x, None)`` (the
-    scan-carry form). With ``share_mod`` the block receives the 6C modulation vector computed once by the model;
+    scan-carry form). With ``share_mod`` the block receives the 6C modulation vector computed once by the model
+    (TRELLIS.2: ``modulation_bias`` adds the block's own learned ``modulation [6C]``, init ``N(0, 1/C)``);
     otherwise ``cond`` is the time embedding and the block owns ``Linear(silu(cond)) -> 6C``.
     Norms: LN eps 1e-6 without affine; LN2 affine iff ``norm2_affine`` (TRELLIS True, PartPacker False).
     """
@@ -130,6 +131,7 @@ class ModulatedCrossBlock(nn.Module):
     qk_norm: Optional[str] = None
     qk_norm_cross: Optional[str] = None
     share_mod: bool = False
+    modulation_bias: bool = False
     norm2_affine: bool = True
     approximate_gelu: bool = True
     dtype: Any = None
@@ -143,6 +145,10 @@ class ModulatedCrossBlock(nn.Module):
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.share_mod:
             mod = cond
+            if self.modulation_bias:
+                bias = self.param("modulation", partitioned(nn.initializers.normal(c ** -0.5), (MOD,)), (6 * c,),
+                                  self.param_dtype)
+                mod = mod + bias.astype(mod.dtype)
         else:
             mod = Dense(6 * c, init_scheme="zeros", axes=(EMBED, MOD), name=names["modulation"], **dt)(nn.silu(cond))
         if mod.shape[-1] != 6 * c:

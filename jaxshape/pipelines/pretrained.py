@@ -4,6 +4,10 @@
   the ``ckpts/<name>.{json,safetensors}`` it names for ``sparse_structure_flow_model`` and
   ``sparse_structure_decoder``; its ``sparse_structure_sampler.params`` become the pipeline's sampler defaults;
   ``image_cond_model`` (``dinov2_vitl14_reg``) names the encoder.
+* **TRELLIS.2** (``microsoft/TRELLIS.2-4B``): ``pipeline.json`` (``"Trellis2ImageTo3DPipeline"``), stage 1 only: its
+  ``ckpts/ss_flow_img_dit_1_3B_64_bf16`` and TRELLIS's decoder, which it names as a Hub path
+  (``microsoft/TRELLIS-image-large/ckpts/ss_dec_conv3d_16l8_fp16``: looked for beside the folder and in the
+  Hugging Face cache); the encoder DINOv3 ViT-L/16.
 * **PartPacker** (``nvidia/PartPacker``): ``flow.pt`` (the DiT, keys ``dit.*``, optionally under ``"model"``) and
   ``vae.pt``; the released constructor args (``partpacker_dit``, ``partpacker_vae``), the encoder
   ``dinov2_vitg14``.
@@ -30,7 +34,7 @@ from typing import Optional
 
 log = logging.getLogger("jaxshape")
 
-TRELLIS_PIPELINES = ("TrellisImageTo3DPipeline",)
+TRELLIS_PIPELINES = ("TrellisImageTo3DPipeline", "Trellis2ImageTo3DPipeline")
 # torch-hub file names of the DINOv2 releases, and the HF repositories of the same weights
 HUB_FILES = {"dinov2_vitl14_reg": "dinov2_vitl14_reg4_pretrain.pth", "dinov2_vitl14": "dinov2_vitl14_pretrain.pth",
              "dinov2_vitg14": "dinov2_vitg14_pretrain.pth", "dinov2_vitg14_reg": "dinov2_vitg14_reg4_pretrain.pth"}
@@ -137,28 +141,62 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def _model_base(path: Path, ref: str) -> Path:
+    """Where ``pipeline.json``'s model reference ``ref`` lives: ``path/ref`` (upstream tries it first), else, for a
+    Hub reference ``org/repo/ckpts/name`` (TRELLIS.2 names TRELLIS's decoder so), the repository beside ``path``
+    (``path/../repo/ckpts/name``) or in the Hugging Face cache."""
+    tried = [path / ref]
+    parts = ref.split("/")
+    if len(parts) > 2:
+        org, repo, rest = parts[0], parts[1], "/".join(parts[2:])
+        tried.append(path.parent / repo / rest)
+        hf_cache = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
+                                                                           "huggingface")) / "hub"))
+        snaps = hf_cache / f"models--{org}--{repo}" / "snapshots"
+        tried += sorted(snaps.glob("*/" + rest)) if snaps.is_dir() else [snaps / "*" / rest]
+    for base in tried:
+        if base.with_name(base.name + ".json").is_file():
+            return base
+    raise FileNotFoundError(f"pipeline.json's model {ref!r} was not found; looked for <name>.json + "
+                            f".safetensors at: " + ", ".join(str(b) for b in tried))
+
+
 def _trellis(path: Path, spec: dict, encoder, cache_dir, dtype, overrides):
     from jaxshape.convert.readers import read_model_json
-    from jaxshape.pipelines.trellis import SS_SAMPLER_DEFAULTS, TrellisSparseStructurePipeline
+    from jaxshape.pipelines.trellis import TrellisSparseStructurePipeline
+    from jaxshape.pipelines.trellis2 import Trellis2SparseStructurePipeline
 
+    v2 = spec["name"] == "Trellis2ImageTo3DPipeline"
+    cls = Trellis2SparseStructurePipeline if v2 else TrellisSparseStructurePipeline
     args = spec.get("args", {})
     models = args.get("models", {})
     loaded = {}
     for key in ("sparse_structure_flow_model", "sparse_structure_decoder"):
         if key not in models:
-            raise ValueError(f"{path / 'pipeline.json'}: args.models has no {key!r} (TRELLIS stage 1 needs it)")
-        base = path / models[key]
-        cfg = _require(base.with_name(base.name + ".json"), f"the config of {key} named by pipeline.json")
+            raise ValueError(f"{path / 'pipeline.json'}: args.models has no {key!r} (stage 1 needs it)")
+        base = _model_base(path, models[key])
+        cfg = base.with_name(base.name + ".json")
         weights = _require(base.with_name(base.name + ".safetensors"), f"the weights of {key} named by pipeline.json")
         name, margs = read_model_json(cfg)
+        if v2 and key == "sparse_structure_flow_model":
+            margs["upstream"] = "trellis2"
+            margs.pop("dtype", None)  # the compute dtype is the pipeline's (dtype=)
         margs.update(overrides.get(key, {}))
         loaded[key] = converted(weights, name, margs, cache_dir=cache_dir)
-    enc_name = args.get("image_cond_model", "dinov2_vitl14_reg")
-    enc, enc_vars = _encoder(encoder, enc_name, (path, path / "ckpts"), cache_dir)
+    enc_spec = args.get("image_cond_model", "dinov2_vitl14_reg")
+    if isinstance(enc_spec, dict):  # TRELLIS.2: {"name": "DinoV3FeatureExtractor", "args": {"model_name": <HF id>}}
+        hf_id = enc_spec.get("args", {}).get("model_name", HF_REPOS["dinov3_vitl16"])
+        by_repo = {v: k for k, v in HF_REPOS.items()}
+        if hf_id not in by_repo:
+            raise ValueError(f"{path / 'pipeline.json'}: image_cond_model {hf_id!r} is not a known encoder "
+                             f"({sorted(by_repo)})")
+        enc_spec = by_repo[hf_id]
+    enc, enc_vars = _encoder(encoder, enc_spec, (path, path / "ckpts"), cache_dir)
     params = args.get("sparse_structure_sampler", {}).get("params", {})
-    sampler = {k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items() if k in SS_SAMPLER_DEFAULTS}
+    sampler = {k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items() if k in cls.SAMPLER_DEFAULTS}
     (flow, flow_vars), (dec, dec_vars) = loaded["sparse_structure_flow_model"], loaded["sparse_structure_decoder"]
-    return TrellisSparseStructurePipeline(enc, enc_vars, flow, flow_vars, dec, dec_vars, dtype=dtype, sampler=sampler)
+    extra = {"pipeline_type": args.get("default_pipeline_type", "1024_cascade")} if v2 else {}
+    return cls(enc, enc_vars, flow, flow_vars, dec, dec_vars, dtype=dtype, sampler=sampler, **extra)
 
 
 def _partpacker(path: Path, encoder, cache_dir, dtype, overrides):
@@ -205,8 +243,7 @@ def from_pretrained(path: str | Path, *, encoder: Optional[str | Path] = None, c
             raise ValueError(f"{pj}: not valid JSON ({e})") from None
         name = spec.get("name")
         if name not in TRELLIS_PIPELINES:
-            raise ValueError(f"{pj}: pipeline {name!r} is not supported; supported: {list(TRELLIS_PIPELINES)} "
-                             f"(TRELLIS.2's stage 1 is not ported yet)")
+            raise ValueError(f"{pj}: pipeline {name!r} is not supported; supported: {list(TRELLIS_PIPELINES)}")
         return _trellis(path, spec, encoder, cache_dir, dtype, overrides)
     if (path / "flow.pt").exists() or (path / "vae.pt").exists():
         return _partpacker(path, encoder, cache_dir, dtype, overrides)

@@ -56,6 +56,8 @@ class TrellisSparseStructurePipeline:
     dtype: Optional[str] = None  # "float32" / "bfloat16" / "float16"; None: each module's own (use_fp16) rule
     sampler: dict = dataclasses.field(default_factory=lambda: dict(SS_SAMPLER_DEFAULTS))  # pipeline.json's params
 
+    SAMPLER_DEFAULTS = SS_SAMPLER_DEFAULTS
+
     def __post_init__(self):
         if self.encoder.embed_dim != self.flow_model.cond_channels:
             raise ValueError(f"the encoder gives {self.encoder.embed_dim}-wide tokens but the flow model takes "
@@ -63,10 +65,10 @@ class TrellisSparseStructurePipeline:
         if self.decoder.latent_channels != self.flow_model.out_channels:
             raise ValueError(f"the decoder reads {self.decoder.latent_channels} latent channels but the flow model "
                              f"gives {self.flow_model.out_channels}")
-        unknown = set(self.sampler) - set(SS_SAMPLER_DEFAULTS)
+        unknown = set(self.sampler) - set(self.SAMPLER_DEFAULTS)
         if unknown:
-            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(SS_SAMPLER_DEFAULTS)}")
-        self.sampler = {**SS_SAMPLER_DEFAULTS, **self.sampler}
+            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(self.SAMPLER_DEFAULTS)}")
+        self.sampler = {**self.SAMPLER_DEFAULTS, **self.sampler}
         if self.dtype is not None:
             if self.dtype not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"dtype must be 'float32', 'bfloat16', 'float16' or None, got {self.dtype!r}")
@@ -121,6 +123,34 @@ class TrellisSparseStructurePipeline:
         r = self.flow_model.resolution
         return (r, r, r, self.flow_model.in_channels)
 
+    # the sampler: TRELLIS.2 overrides these three
+    def _params(self, sampler: dict) -> dict:
+        unknown = set(sampler) - set(self.SAMPLER_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(self.SAMPLER_DEFAULTS)}")
+        return {**self.sampler, **sampler}
+
+    def _euler_args(self, p: dict) -> dict:
+        """``FlowEulerGuidanceIntervalSampler`` of TRELLIS: ``(1 + w) v_c − w v_u`` inside the interval."""
+        return dict(times=flow.trellis_timesteps(p["steps"], p["rescale_t"]), guidance=p["cfg_strength"],
+                    convention="trellis", guidance_interval=tuple(p["cfg_interval"]))
+
+    def coords(self, logits) -> np.ndarray:
+        """The occupied voxels of decoded ``logits`` as stage 2 takes them."""
+        return sparse_structure_coords(logits)
+
+    def coords_resolution(self, logits) -> int:
+        """The grid :meth:`coords` indexes."""
+        return int(np.shape(logits)[1])
+
+    def _noise(self, num_samples, seed, noise):
+        shape = (num_samples,) + self.latent_shape()
+        if noise is None:
+            return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+        if tuple(np.shape(noise)) != shape:
+            raise ValueError(f"noise must have shape {shape} (channels-last), got {tuple(np.shape(noise))}")
+        return jnp.asarray(noise, jnp.float32)
+
     def sample_latents(self, cond: jax.Array, *, num_samples: int = 1, seed: int = 42,
                        noise: Optional[np.ndarray] = None, progress: Optional[Callable[[int], None]] = None,
                        **sampler) -> jax.Array:
@@ -128,23 +158,13 @@ class TrellisSparseStructurePipeline:
         condition per sample, ``[num_samples, T, C]``: a batch of images, shardable over devices).
         ``sampler`` overrides the pipeline's ``sampler`` (:data:`SS_SAMPLER_DEFAULTS` unless ``pipeline.json``
         says otherwise: ``steps``, ``cfg_strength``, ``cfg_interval``, ``rescale_t``)."""
-        unknown = set(sampler) - set(SS_SAMPLER_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(SS_SAMPLER_DEFAULTS)}")
-        p = {**self.sampler, **sampler}
-        shape = (num_samples,) + self.latent_shape()
-        if noise is None:
-            noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-        elif tuple(np.shape(noise)) != shape:
-            raise ValueError(f"noise must have shape {shape} (channels-last), got {tuple(np.shape(noise))}")
+        p = self._params(sampler)
+        noise = self._noise(num_samples, seed, noise)
         if cond.ndim != 3 or cond.shape[0] not in (1, num_samples):
             raise ValueError(f"sample_latents takes one image's condition [1, T, C] (or one per sample, "
                              f"[{num_samples}, T, C]), got {tuple(cond.shape)}")
-
-        return flow.euler_sample(self._velocity, jnp.asarray(noise, jnp.float32), cond, jnp.zeros_like(cond),
-                                 flow.trellis_timesteps(p["steps"], p["rescale_t"]), guidance=p["cfg_strength"],
-                                 convention="trellis", guidance_interval=tuple(p["cfg_interval"]), progress=progress,
-                                 params=self.flow_variables)
+        return flow.euler_sample(self._velocity, noise, cond, jnp.zeros_like(cond), progress=progress,
+                                 params=self.flow_variables, **self._euler_args(p))
 
     def sample_latents_multi_image(self, cond: jax.Array, *, mode: str = "stochastic", num_samples: int = 1,
                                    seed: int = 42, noise: Optional[np.ndarray] = None,
@@ -155,30 +175,20 @@ class TrellisSparseStructurePipeline:
         as ``(1 + w) mean_i v(c_i) − w v(∅)``. The unconditional branch is zeros, as for one image."""
         if mode not in ("stochastic", "multidiffusion"):
             raise ValueError(f"mode must be 'stochastic' or 'multidiffusion', got {mode!r}")
-        unknown = set(sampler) - set(SS_SAMPLER_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(SS_SAMPLER_DEFAULTS)}")
-        p = {**self.sampler, **sampler}
+        p = self._params(sampler)
         if cond.ndim != 3:
             raise ValueError(f"cond must be [n_images, T, C], got {tuple(cond.shape)}")
         n = cond.shape[0]
-        shape = (num_samples,) + self.latent_shape()
-        if noise is None:
-            noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
-        elif tuple(np.shape(noise)) != shape:
-            raise ValueError(f"noise must have shape {shape} (channels-last), got {tuple(np.shape(noise))}")
-        times = flow.trellis_timesteps(p["steps"], p["rescale_t"])
-        kw = dict(guidance=p["cfg_strength"], convention="trellis", guidance_interval=tuple(p["cfg_interval"]),
-                  progress=progress, params=self.flow_variables)
+        noise = self._noise(num_samples, seed, noise)
+        kw = dict(progress=progress, params=self.flow_variables, **self._euler_args(p))
         if mode == "stochastic":
             if n > p["steps"]:
                 log.warning("%d conditioning images but %d steps: images %d.. are never used", n, p["steps"],
                             p["steps"])
             steps = [cond[k % n:k % n + 1] for k in range(p["steps"])]
-            return flow.euler_sample(self._velocity, jnp.asarray(noise, jnp.float32), cond[:1],
-                                     jnp.zeros_like(cond[:1]), times, step_conds=steps, **kw)
-        return flow.euler_sample(self._mean_velocity, jnp.asarray(noise, jnp.float32), cond[None],
-                                 jnp.zeros_like(cond[None]), times, **kw)
+            return flow.euler_sample(self._velocity, noise, cond[:1], jnp.zeros_like(cond[:1]), step_conds=steps,
+                                     **kw)
+        return flow.euler_sample(self._mean_velocity, noise, cond[None], jnp.zeros_like(cond[None]), **kw)
 
     def decode(self, z: jax.Array, chunk: int = 1) -> np.ndarray:
         """Decoder logits ``[B, 64, 64, 64]`` of latents ``z``, ``chunk`` latents at a time (the memory knob)."""
@@ -194,8 +204,8 @@ class TrellisSparseStructurePipeline:
         cond = self.get_cond([image])
         z = self.sample_latents(cond, num_samples=num_samples, seed=seed, noise=noise, progress=progress, **sampler)
         logits = self.decode(z, decode_chunk)
-        return {"coords": sparse_structure_coords(logits), "logits": logits, "latent": np.asarray(z),
-                "cond": np.asarray(cond)}
+        return {"coords": self.coords(logits), "coords_resolution": self.coords_resolution(logits), "logits": logits,
+                "latent": np.asarray(z), "cond": np.asarray(cond)}
 
 
     def run_multi_image(self, images: Sequence, *, mode: str = "stochastic", num_samples: int = 1, seed: int = 42,
@@ -205,8 +215,8 @@ class TrellisSparseStructurePipeline:
         z = self.sample_latents_multi_image(cond, mode=mode, num_samples=num_samples, seed=seed, noise=noise,
                                             progress=progress, **sampler)
         logits = self.decode(z, decode_chunk)
-        return {"coords": sparse_structure_coords(logits), "logits": logits, "latent": np.asarray(z),
-                "cond": np.asarray(cond)}
+        return {"coords": self.coords(logits), "coords_resolution": self.coords_resolution(logits), "logits": logits,
+                "latent": np.asarray(z), "cond": np.asarray(cond)}
 
 
 def save_sparse_structure(result: dict, directory: str | Path, info: Optional[dict] = None) -> list[str]:
@@ -225,5 +235,6 @@ def save_sparse_structure(result: dict, directory: str | Path, info: Optional[di
         shape.info.update(voxels=int((result["coords"][:, 0] == b).sum()), **(info or {}))
     paths = save_shapes(shapes, directory)
     (directory / "coords.json").write_text(json.dumps({"file": "coords.npy", "columns": ["batch", "x", "y", "z"],
-                                                       "resolution": int(result["logits"].shape[1])}))
+                                                       "resolution": int(result.get("coords_resolution",
+                                                                                    result["logits"].shape[1]))}))
     return paths

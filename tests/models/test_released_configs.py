@@ -22,10 +22,19 @@ PARAMS = {
     "ss_flow_img_dit_L_16l8_fp16": 555_543_560, "ss_flow_txt_dit_B_16l8_fp16": 156_726_536,
     "ss_flow_txt_dit_L_16l8_fp16": 542_960_648, "ss_flow_txt_dit_XL_16l8_fp16": 975_440_648,
     "partpacker_vae": 340_296_833, "partpacker_dit": 1_249_511_488,
+    "ss_flow_img_dit_1_3B_64_bf16": 1_292_179_976,  # trellis_sparse_structure.md §12.1 (upstream instantiated)
 }
 
 
 def _released_keys(name):
+    if name == "ss_flow_img_dit_1_3B_64_bf16":  # no key list was published: our mirror on the meta device
+        import torch
+
+        from tests.torch_reference import trellis2_ss_flow as T2
+
+        args = {k: v for k, v in RELEASED[name][1].items() if k != "upstream"}
+        with torch.device("meta"):
+            return {k: tuple(v.shape) for k, v in T2.SparseStructureFlowModel(**args).state_dict().items()}
     if name == "partpacker_vae":
         return partpacker_keys("partpacker_vae_keys.txt")
     if name == "partpacker_dit":

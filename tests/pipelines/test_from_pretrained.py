@@ -156,3 +156,59 @@ def test_errors_name_the_missing_file(tmp_path):
     (sds_root / "ckpts" / "ss_dec_conv3d_16l8_fp16.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="ss_dec_conv3d_16l8_fp16.safetensors is missing"):
         from_pretrained(sds_root)
+
+
+def test_trellis2_folder(tmp_path):
+    from tests.torch_reference import trellis2_ss_flow as T2
+    from tests.utils import max_rel_err
+
+    flow_args = dict(resolution=8, in_channels=4, out_channels=4, model_channels=32, cond_channels=32, num_blocks=1,
+                     num_heads=2, pe_mode="rope", share_mod=True, qk_rms_norm=True, qk_rms_norm_cross=True,
+                     initialization="scaled")
+    root = tmp_path / "TRELLIS.2-4B"
+    (root / "ckpts").mkdir(parents=True)
+    tflow = T2.SparseStructureFlowModel(**flow_args)
+    # random weights; rope_phases left out of the file (upstream loads strict=False and builds the buffer)
+    g = torch.Generator().manual_seed(5)
+    sd = {k: (torch.randn(v.shape, generator=g) * 0.2 + (1.0 if k.endswith(("gamma", "norm2.weight")) else 0.0))
+          .numpy() for k, v in tflow.state_dict().items() if k != "rope_phases"}
+    safetensors_torch.save_file({k: torch.from_numpy(v).bfloat16() for k, v in sd.items()},
+                                str(root / "ckpts" / "ss_flow_img_dit_1_3B_64_bf16.safetensors"))
+    (root / "ckpts" / "ss_flow_img_dit_1_3B_64_bf16.json").write_text(json.dumps(
+        {"name": "SparseStructureFlowModel", "args": dict(flow_args, dtype="bfloat16")}))
+    v1 = _trellis_folder(tmp_path / "TRELLIS-image-large")  # the decoder, named as a Hub path, found beside
+    (root / "pipeline.json").write_text(json.dumps({"name": "Trellis2ImageTo3DPipeline", "args": {
+        "models": {"sparse_structure_flow_model": "ckpts/ss_flow_img_dit_1_3B_64_bf16",
+                   "sparse_structure_decoder": "microsoft/TRELLIS-image-large/ckpts/ss_dec_conv3d_16l8_fp16"},
+        "sparse_structure_sampler": {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
+                                     "params": {"steps": 3, "guidance_strength": 7.5, "guidance_rescale": 0.7,
+                                                "guidance_interval": [0.6, 1.0], "rescale_t": 5.0}},
+        "image_cond_model": {"name": "DinoV3FeatureExtractor",
+                             "args": {"model_name": "facebook/dinov3-vitl16-pretrain-lvd1689m"}},
+        "default_pipeline_type": "512"}}))
+    snap = tmp_path / "hf" / "models--facebook--dinov3-vitl16-pretrain-lvd1689m" / "snapshots" / "s"
+    torch.manual_seed(0)
+    dino = transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_register_tokens=4,
+        patch_size=16, image_size=512))
+    dino.save_pretrained(snap)
+
+    pipe = from_pretrained(root, dtype="float32")
+    from jaxshape.pipelines.trellis2 import Trellis2SparseStructurePipeline
+
+    assert isinstance(pipe, Trellis2SparseStructurePipeline) and pipe.pipeline_type == "512"
+    assert pipe.sampler["steps"] == 3 and pipe.flow_model.upstream == "trellis2" and pipe.encoder.img_size == 512
+    encoder = DinoViT(**dino_args_from_hf_config(dino.config.to_dict()))
+    enc_vars = from_torch(encoder, to_hub_names({k: v.numpy() for k, v in dino.state_dict().items()}))
+    flow = SparseStructureFlowModel(**flow_args, upstream="trellis2")
+    bf16 = {k: torch.from_numpy(v).bfloat16().float().numpy() for k, v in sd.items()}
+    dec = SparseStructureDecoder(**dict(DEC, channels=tuple(DEC["channels"])), use_fp16=True)
+    ref = Trellis2SparseStructurePipeline(
+        encoder, enc_vars, flow, from_torch(flow, {**bf16, "rope_phases": tflow.rope_phases.numpy()}), dec,
+        from_torch(dec, v1["ss_dec_conv3d_16l8_fp16"]), dtype="float32", sampler={"steps": 3}, pipeline_type="512")
+    image = _rgba(200, 180)
+    image[..., 3] = np.where(image[..., 3] > 0, 230, 0)
+    a, b = pipe(image, seed=1), ref(image, seed=1)
+    assert max_rel_err(a["latent"], b["latent"]) <= 1e-4  # the rebuilt buffer equals torch's to fp32 rounding
+    assert a["coords_resolution"] == 32 and a["logits"].shape[1] == 32  # 8³ latents decode to 32³: "512" keeps it
+    np.testing.assert_array_equal(a["coords"], b["coords"])
