@@ -14,6 +14,10 @@ Variants (``--config=configs/trellis_like.py:<variant>``):
 * ``flow_L_image``: the released img-L flow conditioned as TRELLIS trains it: one random rendered view per example
   (``prepare --views N``), TRELLIS's preprocessing at 518 px, the frozen DINOv2 ViT-L/14-reg inside the train step
   (1374 × 1024 tokens, ``LN(x_prenorm)``, CFG dropout 0.1). Point ``cond.encoder_checkpoint`` at its weights.
+* ``finetune_flow_L``: ``flow_L_image`` started from the released img-L flow (``init_from``, default
+  ``ckpt/ss_flow_img_dit_L_16l8_fp16``: ``python -m jaxshape.convert --config ss_flow_img_dit_L_16l8_fp16.json
+  --weights ss_flow_img_dit_L_16l8_fp16.safetensors --out ckpt/ss_flow_img_dit_L_16l8_fp16``), at a fine-tuning
+  learning rate (1e-5 after 500 warm-up steps, EMA 0.999); the frozen VAE and DINO weights as for ``flow_L_image``.
 * ``image_demo``: ``demo`` with the flow conditioned on images: 8 views of 128 px rendered per embedded shape, one
   drawn per step at 112 px, read by the random-init ``dinov2_tiny`` stand-in (``docs/training.md``);
   ``flow_image_demo``: its flow stage alone.
@@ -130,5 +134,10 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         return flow_config(variant.split("_")[1])
     if variant == "flow_L_image":
         return image_conditioned(flow_config("L"), "dinov2_vitl14_reg", 518)
+    if variant == "finetune_flow_L":
+        c = image_conditioned(flow_config("L"), "dinov2_vitl14_reg", 518)
+        c.init_from = "ckpt/ss_flow_img_dit_L_16l8_fp16"
+        c.optimizer.lr, c.optimizer.warmup_steps, c.ema_decay = 1e-5, 500, 0.999
+        return c
     raise ValueError(f"unknown variant {variant!r}: demo, long, image_demo, vae_demo, flow_demo, flow_image_demo, vae, "
-                     f"flow_L, flow_B, flow_XL, flow_L_image")
+                     f"flow_L, flow_B, flow_XL, flow_L_image, finetune_flow_L")

@@ -103,6 +103,10 @@ def stage_config(stage: str) -> ConfigDict:
     c.grad_accum_steps = 1  # micro-batches per step (data.batch_size must split into multiples of the mesh)
     c.ema_decay = 0.9999  # EMA of the parameters, updated every step (samples and loading use the EMA)
     c.distributed = False  # call jax.distributed.initialize() first (multi-host)
+    # fine-tuning: start the trained model(s) from these weights instead of a random init (when no checkpoint
+    # exists yet): a jaxshape.convert / models.save folder or a training workdir (jaxshape.models.load reads it;
+    # convert an official file first, e.g. python -m jaxshape.convert --config ss_flow_img_dit_L_16l8_fp16.json ...)
+    c.init_from = ""
     c.mesh = ConfigDict(dict(
         data=-1,  # data-parallel axis size (-1: the devices left over)
         fsdp=1,  # parameter-sharding axis size

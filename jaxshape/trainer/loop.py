@@ -108,6 +108,43 @@ def build_train_step(task: Task, tx, config) -> Callable:
     return train_step
 
 
+def init_from(path: str, task: Task, state: TrainState, state_sh, tx) -> TrainState:
+    """Fine-tuning: the state with its trained modules' parameters (and EMA) read from ``path``
+    (``jaxshape.models.load``: a converted / saved model, or a training workdir), a fresh optimizer state, step 0.
+    The architecture must match exactly: one error lists every differing parameter path."""
+    from jaxshape.models import components, load
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"init_from {path}: no such folder; give a converted model (python -m "
+                                f"jaxshape.convert --config <name>.json --weights <name>.safetensors --out {path}) "
+                                f"or a training workdir")
+    modules = task.modules()
+    found = components(path)
+    params = dict(state.params)
+    for name in params:
+        if name not in modules:  # e.g. a flow stage's learned class-label table: not in a released checkpoint
+            log.info("init_from: %s keeps its random init", name)
+            continue
+        which = None if len(found) == 1 else (name if name in found else type(modules[name]).__name__)
+        _, variables = load(path, which)
+        new = variables["params"]
+        want = jax.tree_util.tree_flatten_with_path(params[name])[0]
+        have = dict(jax.tree_util.tree_flatten_with_path(new)[0])
+        bad = [f"{jax.tree_util.keystr(k)}: {tuple(v.shape)} here, "
+               f"{tuple(have[k].shape) if k in have else 'missing'} in {path}" for k, v in want
+               if k not in have or tuple(have[k].shape) != tuple(v.shape)]
+        extra = sorted(set(map(jax.tree_util.keystr, have)) - set(jax.tree_util.keystr(k) for k, _ in want))
+        if bad or extra:
+            raise ValueError(f"init_from {path}: the {name} parameters do not match the configured model:\n  "
+                             + "\n  ".join(bad + [f"{k}: not in the configured model" for k in extra]))
+        params[name] = jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), params[name], new)
+        log.info("init_from: %s <- %s", name, path)
+    params = jax.device_put(params, state_sh.params)
+    opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
+    ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_sh.ema_params)(params)  # own buffers:
+    return state.replace(params=params, ema_params=ema, opt_state=opt_state)  # the step donates both
+
+
 def gather_to_host(tree):
     """Host copies of (possibly multi-host sharded) arrays, identical on every process (a collective: every
     process must call it)."""
@@ -214,6 +251,8 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, state_sh)
         state = ckpt.restore(start, target, it)
         log.info("resumed from step %d", start)
+    elif config.get("init_from"):
+        state = init_from(config.init_from, task, state, state_sh, tx)
     start = int(start or 0)
 
     # ---- step loop: jitted step with the state donated; metrics fetched on log steps and before any write

@@ -9,10 +9,11 @@ from tests.utils import REPO
 
 CONFIGS = REPO / "configs"
 VARIANTS = {"trellis_like.py": ["demo", "long", "image_demo", "vae_demo", "flow_demo", "flow_image_demo", "vae",
-                                 "flow_L", "flow_B", "flow_XL", "flow_L_image"],
+                                 "flow_L", "flow_B", "flow_XL", "flow_L_image", "finetune_flow_L"],
             "vecset_like.py": ["demo", "long", "image_demo", "vae_demo", "flow_demo", "flow_image_demo", "vae", "flow",
                                "flow_image"]}
 IMAGE = {"flow_L_image": ("dinov2_vitl14_reg", 1, "trellis", 1024),
+         "finetune_flow_L": ("dinov2_vitl14_reg", 1, "trellis", 1024),
          "flow_image": ("dinov2_vitg14", 2, "partpacker", 1536),
          "image_demo": ("dinov2_tiny", None, None, 96), "flow_image_demo": ("dinov2_tiny", None, None, 96)}
 MODEL = {"ss_flow": "SparseStructureFlowModel", "vecset_vae": "VecSetVAE", "vecset_flow": "VecSetDiT"}
@@ -45,6 +46,12 @@ def test_config_variant_builds(name, variant):
             task = make_task(c)
             assert c.cond.encoder == encoder and task.encoder.embed_dim == task.cond_channels == width
             assert views is None or (c.cond.views, c.cond.preprocess, c.cond.image_size) == (views, preprocess, 518)
+    if variant == "finetune_flow_L":  # the released img-L architecture, so the converted release loads into it
+        from jaxshape.convert.state_dict import expected_state_dict_shapes
+
+        assert cfg.init_from.endswith("ss_flow_img_dit_L_16l8_fp16")
+        assert expected_state_dict_shapes(models.SparseStructureFlowModel(**cfg.model)) == \
+            expected_state_dict_shapes(models.build("ss_flow_img_dit_L_16l8_fp16"))
     image_stages = [c for c in stages if c.stage.endswith("flow") and c.cond.kind == "image"]
     assert bool(image_stages) == (variant in IMAGE)
     with pytest.raises(ValueError, match="unknown variant"):
