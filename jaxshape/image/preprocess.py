@@ -114,6 +114,22 @@ def _rembg_remove(fn, image, why):
 # ----------------------------------------------------------------------------------------------------------------
 # TRELLIS
 # ----------------------------------------------------------------------------------------------------------------
+def _alpha_box(fn, rgba, margin: float):
+    """TRELLIS / TRELLIS.2's crop square: the bbox of ``alpha > 0.8*255`` (extents without +1), its centre and half
+    its side ``int(max extent * margin) // 2``, as Pillow crop coordinates (rounded half-to-even by Pillow)."""
+    ys, xs = np.nonzero(rgba[..., 3] > 0.8 * 255)
+    if ys.size == 0:
+        raise ValueError(f"{fn}: no pixel has alpha > 0.8*255 (alpha >= 205): the alpha/mask marks no foreground "
+                         f"(max alpha {int(rgba[..., 3].max())})")
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half = int(max(x1 - x0, y1 - y0) * margin) // 2
+    if half == 0:
+        raise ValueError(f"{fn}: the foreground (alpha >= 205) bbox x [{x0}, {x1}], y [{y0}, {y1}] is too small: "
+                         "its larger extent must be >= 2 px for a non-empty crop")
+    return cx - half, cy - half, cx + half, cy + half
+
+
 def trellis_preprocess(image, mask=None, *, size: int = 518, patch_size: int = 14) -> np.ndarray:
     """TRELLIS ``preprocess_image``: ``image`` (PIL, or uint8 ``[H, W, 4]`` RGBA / ``[H, W, 3]`` RGB) + optional
     ``mask [H, W]`` -> uint8 ``[size, size, 3]``, the object premultiplied by alpha (on black), its longer bbox side
@@ -137,17 +153,7 @@ def trellis_preprocess(image, mask=None, *, size: int = 518, patch_size: int = 1
             img = img.resize((int(img.width * scale), int(img.height * scale)), Image.Resampling.LANCZOS)
         why = "RGB" if arr.shape[2] == 3 else "RGBA with every alpha == 255"
         rgba = np.asarray(_rembg_remove(fn, img, why).convert("RGBA"))
-    ys, xs = np.nonzero(rgba[..., 3] > 0.8 * 255)
-    if ys.size == 0:
-        raise ValueError(f"{fn}: no pixel has alpha > 0.8*255 (alpha >= 205): the alpha/mask marks no foreground "
-                         f"(max alpha {int(rgba[..., 3].max())})")
-    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    half = int(max(x1 - x0, y1 - y0) * 1.2) // 2
-    if half == 0:
-        raise ValueError(f"{fn}: the foreground (alpha >= 205) bbox x [{x0}, {x1}], y [{y0}, {y1}] is too small: "
-                         "its larger extent must be >= 2 px for a non-empty crop")
-    crop = Image.fromarray(rgba).crop((cx - half, cy - half, cx + half, cy + half))  # Pillow rounds half-to-even
+    crop = Image.fromarray(rgba).crop(_alpha_box(fn, rgba, 1.2))
     out = np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS)).astype(np.float32) / 255
     return ((out[..., :3] * out[..., 3:4]) * 255).astype(np.uint8)
 
@@ -176,18 +182,7 @@ def trellis2_preprocess(image, mask=None, *, size: int = 512, patch_size: int = 
     scale = min(1, 1024 / max(img.size))
     if scale < 1:
         img = img.resize((int(img.width * scale), int(img.height * scale)), Image.Resampling.LANCZOS)
-    rgba = np.asarray(img)
-    ys, xs = np.nonzero(rgba[..., 3] > 0.8 * 255)
-    if ys.size == 0:
-        raise ValueError(f"{fn}: no pixel has alpha > 0.8*255 (alpha >= 205): the alpha/mask marks no foreground "
-                         f"(max alpha {int(rgba[..., 3].max())})")
-    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    half = max(x1 - x0, y1 - y0) // 2
-    if half == 0:
-        raise ValueError(f"{fn}: the foreground (alpha >= 205) bbox x [{x0}, {x1}], y [{y0}, {y1}] is too small: "
-                         "its larger extent must be >= 2 px for a non-empty crop")
-    crop = np.asarray(img.crop((cx - half, cy - half, cx + half, cy + half))).astype(np.float32) / 255
+    crop = np.asarray(img.crop(_alpha_box(fn, np.asarray(img), 1.0))).astype(np.float32) / 255
     rgb = Image.fromarray(((crop[..., :3] * crop[..., 3:4]) * 255).astype(np.uint8))
     return np.asarray(rgb.resize((size, size), Image.Resampling.LANCZOS)).astype(np.float32) / 255
 

@@ -81,5 +81,9 @@ class Trellis2SparseStructurePipeline(TrellisSparseStructurePipeline):
     def coords(self, logits) -> np.ndarray:
         return pooled_coords(logits, SS_RESOLUTIONS[self.pipeline_type])
 
+    def sample_latents_multi_image(self, cond, **kwargs):
+        raise ValueError("TRELLIS.2 has no multi-image mode upstream (run_multi_image is TRELLIS's); condition on one "
+                         "image")
+
     def coords_resolution(self, logits) -> int:
         return SS_RESOLUTIONS[self.pipeline_type]

@@ -123,3 +123,5 @@ def test_pooled_coords_and_errors(models):
         pipe.sample_latents(pipe.get_cond([_rgba()]), cfg_strength=3.0)
     with pytest.raises(ValueError, match="BiRefNet"):
         pipe.preprocess(np.zeros((40, 40, 3), np.uint8))
+    with pytest.raises(ValueError, match="no multi-image mode"):
+        pipe.run_multi_image([_rgba(), _rgba()])

@@ -113,15 +113,22 @@ def test_trellis_folder(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache" / "converted").glob("*.tmp-*"))
 
 
-def test_partpacker_folder(tmp_path):
-    root = tmp_path / "PartPacker"
+def _partpacker_folder(root, vae_shift: float = 0.0):
+    """``flow.pt`` ({"model": {"dit.*"}}, as released) and ``vae.pt`` of tiny random mirrors; their state dicts."""
     root.mkdir()
     tdit = pp.DiT(gradient_checkpointing=False, **DIT, qknorm=True, qknorm_type="RMSNorm", use_parts=True)
     tvae = pp.Model(pp.ModelConfig(**VAE))
     dit_sd = randomize_state_dict(tdit, scale=0.2, seed=3)
     vae_sd = randomize_state_dict(tvae, scale=0.2, seed=4)
+    vae_sd["proj_out.bias"] = vae_sd["proj_out.bias"] + vae_shift  # where the field's zero level set lies
     torch.save({"model": {"dit." + k: torch.from_numpy(v) for k, v in dit_sd.items()}}, root / "flow.pt")
     torch.save({k: torch.from_numpy(v) for k, v in vae_sd.items()}, root / "vae.pt")
+    return dit_sd, vae_sd
+
+
+def test_partpacker_folder(tmp_path):
+    root = tmp_path / "PartPacker"
+    dit_sd, vae_sd = _partpacker_folder(root)
     with pytest.raises(FileNotFoundError, match="dinov2_vitg14.*Looked for"):
         from_pretrained(root, overrides={"dit": DIT, "vae": VAE})
     encoder, enc_vars = _hf_dino(tmp_path / "giant", registers=False)
@@ -148,8 +155,11 @@ def test_errors_name_the_missing_file(tmp_path):
         from_pretrained(tmp_path)
     other = tmp_path / "t2"
     other.mkdir()
-    (other / "pipeline.json").write_text(json.dumps({"name": "Trellis2ImageTo3DPipeline", "args": {}}))
-    with pytest.raises(ValueError, match="Trellis2ImageTo3DPipeline.*not supported"):
+    (other / "pipeline.json").write_text(json.dumps({"name": "TrellisTextTo3DPipeline", "args": {}}))
+    with pytest.raises(ValueError, match="TrellisTextTo3DPipeline.*not supported"):
+        from_pretrained(other)
+    (other / "pipeline.json").write_text(json.dumps({"name": "Trellis2ImageTo3DPipeline", "args": {"models": {}}}))
+    with pytest.raises(ValueError, match="no 'sparse_structure_flow_model'"):
         from_pretrained(other)
     sds_root = tmp_path / "tr"
     _trellis_folder(sds_root)

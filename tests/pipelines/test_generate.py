@@ -6,14 +6,20 @@ import json
 import jax
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from jaxshape import generate as G
 from jaxshape.pipelines import from_pretrained
-from tests.pipelines.test_from_pretrained import DIT, VAE, _env, _hf_dino, _rgba, _trellis_folder  # noqa: F401
-from tests.torch_reference import partpacker as pp
-from tests.utils import max_rel_err, randomize_state_dict
+from tests.pipelines.test_from_pretrained import (  # noqa: F401
+    DIT,
+    VAE,
+    _env,
+    _hf_dino,
+    _partpacker_folder,
+    _rgba,
+    _trellis_folder,
+)
+from tests.utils import max_rel_err
 
 
 def _images(folder):
@@ -54,14 +60,7 @@ def test_trellis_generate_cli(tmp_path, capsys):
 
 def test_partpacker_generate(tmp_path):
     root = tmp_path / "PartPacker"
-    root.mkdir()
-    tdit = pp.DiT(gradient_checkpointing=False, **DIT, qknorm=True, qknorm_type="RMSNorm", use_parts=True)
-    tvae = pp.Model(pp.ModelConfig(**VAE))
-    dit_sd = randomize_state_dict(tdit, scale=0.2, seed=3)
-    vae_sd = randomize_state_dict(tvae, scale=0.2, seed=4)
-    vae_sd["proj_out.bias"] = vae_sd["proj_out.bias"] + 0.1  # a zero level set inside the volume
-    torch.save({"model": {"dit." + k: torch.from_numpy(v) for k, v in dit_sd.items()}}, root / "flow.pt")
-    torch.save({k: torch.from_numpy(v) for k, v in vae_sd.items()}, root / "vae.pt")
+    _partpacker_folder(root, vae_shift=0.1)  # a zero level set inside the volume
     _hf_dino(root / "dinov2-giant", registers=False)  # beside the weights: found there
     pipe = from_pretrained(root, dtype="float32", overrides={"dit": DIT, "vae": VAE})
     imgs = _images(tmp_path / "imgs")

@@ -8,17 +8,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tests.torch_reference.trellis_pipeline import normalized
 
 
 @torch.no_grad()
 def encode_image(dino, images: np.ndarray) -> torch.Tensor:
     """``images [B, S, S, 3]`` in [0, 1] -> ``layer_norm(last_hidden_state.float())`` (eps 1e-5, no affine)."""
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    feats = dino(pixel_values=(x - mean) / std).last_hidden_state
+    feats = dino(pixel_values=normalized(images)).last_hidden_state
     return F.layer_norm(feats.float(), feats.shape[-1:], eps=1e-5)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.torch_reference.trellis_pipeline import IMAGENET_MEAN, IMAGENET_STD
+from tests.torch_reference.trellis_pipeline import normalized
 
 SIGMA_MIN = 1e-5
 
@@ -35,9 +35,7 @@ def preprocess(rgba: np.ndarray, size: int) -> np.ndarray:
 @torch.no_grad()
 def encode_image(dinov3, images: np.ndarray) -> torch.Tensor:
     """``F.layer_norm`` of the last layer's hidden states (``dinov3.norm`` must be Identity)."""
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    h = dinov3(pixel_values=x).last_hidden_state
+    h = dinov3(pixel_values=normalized(images)).last_hidden_state
     return F.layer_norm(h, h.shape[-1:])
 
 

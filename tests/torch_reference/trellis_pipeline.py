@@ -11,13 +11,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def normalized(images: np.ndarray) -> torch.Tensor:
+    """``images [B, S, S, 3]`` float in [0, 1] -> ImageNet-normalised ``[B, 3, S, S]`` (torchvision's Normalize)."""
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
 @torch.no_grad()
 def encode_image(dino, images: np.ndarray) -> torch.Tensor:
     """``images [B, S, S, 3]`` float in [0, 1] -> ``LN(x_prenorm)`` (``dino.layernorm`` must be Identity)."""
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    feats = dino(pixel_values=(x - mean) / std).last_hidden_state
+    feats = dino(pixel_values=normalized(images)).last_hidden_state
     return F.layer_norm(feats, feats.shape[-1:])
 
 

@@ -1,0 +1,184 @@
+"""The image -> 3D pipelines (``jaxshape.pipelines``): time per stage, peak host memory, and bf16 against fp32.
+
+    python experiments/bench_pipelines.py [--out experiments/results/bench_pipelines.md]
+
+For each pipeline (TRELLIS stage 1, TRELLIS.2 stage 1, PartPacker) at a CPU size (the widths and depths in the
+table: random weights, not the releases, which no one can download here), with the release's sampler (steps, guidance)
+and the same noise in both dtypes:
+
+* seconds to encode the image (preprocessing + DINO), to sample (all Euler steps, CFG branches batched) and to
+  decode (+ mesh for PartPacker), for the second image of a run (the first compiles), as a library user runs it;
+* the process's peak resident memory after the pipeline ran (``ru_maxrss``, cumulative over the script);
+* ``dtype="bfloat16"`` against ``"float32"``: the latents' max relative difference, the IoU of the decoded
+  occupancy (TRELLIS: ``logits > 0`` at 64³; PartPacker: ``TSDF > 0`` on the cells both decodes queried) and the
+  occupied fraction (a random model's field is not a shape; the IoU says how far bf16 moves the same computation).
+
+Prints the table and writes it to ``--out``; asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench_lib import machine_description, write_markdown  # noqa: E402
+from jaxshape.models import DinoViT, SparseStructureDecoder, SparseStructureFlowModel, VecSetDiT, VecSetVAE  # noqa
+from jaxshape.pipelines import PartPackerPipeline, TrellisSparseStructurePipeline  # noqa: E402
+from jaxshape.pipelines.trellis2 import Trellis2SparseStructurePipeline  # noqa: E402
+
+DINO_V2 = dict(img_size=518, patch_size=14, embed_dim=96, depth=4, num_heads=4, num_register_tokens=4,
+               interpolate_mode="antialias")
+DINO_V3 = dict(img_size=512, patch_size=16, embed_dim=96, depth=4, num_heads=4, ffn_hidden_features=384,
+               num_register_tokens=4, pos_embed="rope", rope_theta=100.0, layer_norm_eps=1e-5)
+DINO_G = dict(img_size=518, patch_size=14, embed_dim=96, depth=4, num_heads=4, ffn_layer="swiglu",
+              interpolate_mode="hub_offset")
+SS_FLOW = dict(resolution=16, in_channels=8, out_channels=8, model_channels=256, cond_channels=96, num_blocks=4,
+               num_heads=4, patch_size=1, pe_mode="ape", qk_rms_norm=True)
+SS2_FLOW = dict(resolution=16, in_channels=8, out_channels=8, model_channels=256, cond_channels=96, num_blocks=4,
+                num_heads=4, pe_mode="rope", share_mod=True, qk_rms_norm=True, qk_rms_norm_cross=True,
+                mlp_ratio=5.3334, upstream="trellis2")
+SS_DEC = dict(out_channels=1, latent_channels=8, num_res_blocks=1, num_res_blocks_middle=1, channels=(64, 32, 16))
+PP_DIT = dict(hidden_dim=96, num_heads=4, latent_size=512, latent_dim=16, num_layers=4, qknorm=True,
+              qknorm_type="RMSNorm", use_parts=True, gradient_checkpointing=False)
+PP_VAE = dict(hidden_dim=128, num_heads=4, num_dec_layers=2, dec_hidden_dim=128, dec_num_heads=4,
+              query_hidden_dim=128, query_num_heads=4, point_fourier_dim=48, latent_dim=16)
+PP_DECODE = dict(resolution=128, min_resolution=32, chunk=8192)
+
+
+def randomized(module, inputs, seed, method=None, shift=None):
+    """Init, then every array perturbed (matrices by N(0, 1/fan_in), vectors by N(0, 0.1²)) so that zero-initialised
+    layers do something; ``shift`` adds a constant to the output layer's bias named there."""
+    variables = module.init(jax.random.key(seed), *inputs, **({"method": method} if method else {}))
+    variables = jax.tree.map(lambda a: a.value if hasattr(a, "value") else a, variables,
+                             is_leaf=lambda a: hasattr(a, "value"))
+    leaves, tree = jax.tree_util.tree_flatten_with_path(variables)
+    out = []
+    for i, (path, a) in enumerate(leaves):
+        key = jax.random.fold_in(jax.random.key(seed + 1), i)
+        if "buffers" in jax.tree_util.keystr(path) or not jnp.issubdtype(a.dtype, jnp.floating):
+            out.append(a)
+            continue
+        std = a.shape[-2] ** -0.5 if a.ndim >= 2 else 0.1
+        out.append(a + std * jax.random.normal(key, a.shape, a.dtype))
+    variables = jax.tree_util.tree_unflatten(tree, out)
+    if shift:
+        p = variables["params"]
+        for k in shift[0]:
+            p = p[k]
+        p["bias"] = p["bias"] + shift[1]
+    return variables
+
+
+def _image(h=400, w=360, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    img = np.zeros((h, w, 4), np.uint8)
+    inside = ((yy - h / 2) / (0.4 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2 <= 1
+    img[inside, :3] = rng.integers(0, 255, (int(inside.sum()), 3))
+    img[inside, 3] = 230
+    return img
+
+
+def build(kind):
+    if kind in ("TRELLIS", "TRELLIS.2"):
+        enc = DinoViT(**(DINO_V2 if kind == "TRELLIS" else DINO_V3))
+        flow_args = SS_FLOW if kind == "TRELLIS" else SS2_FLOW
+        fm, dec = SparseStructureFlowModel(**flow_args), SparseStructureDecoder(**SS_DEC)
+        x = jnp.zeros((1, 16, 16, 16, 8))
+        ev = randomized(enc, [jnp.zeros((1, enc.img_size, enc.img_size, 3))], 0)
+        fv = randomized(fm, [x, jnp.zeros((1,)), jnp.zeros((1, 8, 96))], 1)
+        dv = randomized(dec, [x], 2)
+        cls = TrellisSparseStructurePipeline if kind == "TRELLIS" else Trellis2SparseStructurePipeline
+        return lambda dtype: cls(enc, ev, fm, fv, dec, dv, dtype=dtype)
+    enc, dit, vae = DinoViT(**DINO_G), VecSetDiT(**PP_DIT), VecSetVAE(**PP_VAE)
+    ev = randomized(enc, [jnp.zeros((1, 518, 518, 3))], 0)
+    dv = randomized(dit, [jnp.zeros((1, 1024, 16)), jnp.zeros((1, 8, 96)), jnp.zeros((1,))], 1)
+    z = jnp.zeros((1, 512, 16))
+    vv = randomized(vae, [z], 2, method="decode")
+    hidden = vae.apply(vv, z, method="decode")
+    vv2 = randomized(vae, [jnp.zeros((1, 64, 3)), hidden], 2, method="query", shift=(("proj_out",), 0.2))
+    vv = {**vv, "params": {**vv["params"], **vv2["params"]}}
+    return lambda dtype: PartPackerPipeline(enc, ev, dit, dv, vae, vv, dtype=dtype)
+
+
+def run_once(pipe, image, noise):
+    t0 = time.perf_counter()
+    cond = pipe.get_cond([image])
+    jax.block_until_ready(cond)
+    t1 = time.perf_counter()
+    z = jax.block_until_ready(pipe.sample_latents(cond, noise=noise))
+    t2 = time.perf_counter()
+    if isinstance(pipe, PartPackerPipeline):
+        out = pipe.decode_latents(z, decode=PP_DECODE)
+        fields = out["grids"][0]
+    else:
+        fields = [pipe.decode(z)[0]]
+    t3 = time.perf_counter()
+    return np.asarray(z), fields, (t1 - t0, t2 - t1, t3 - t2)
+
+
+def compare(kind, make):
+    rows = []
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        pipe = make(dtype)
+        noise = np.asarray(jax.random.normal(jax.random.key(7), (1,) + pipe.latent_shape()))
+        run_once(pipe, _image(seed=1), noise)  # compiles
+        z, fields, times = run_once(pipe, _image(seed=2), noise)
+        results[dtype] = (z, fields)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+        rows.append((dtype, times, rss))
+    z32, f32 = results["float32"]
+    z16, f16 = results["bfloat16"]
+    rel = float(np.abs(z16 - z32).max() / np.abs(z32).max())
+    ious, fracs = [], []
+    for a, b in zip(f32, f16):
+        both = np.isfinite(a) & np.isfinite(b)
+        ia, ib = (a > 0) & both, (b > 0) & both
+        ious.append(float((ia & ib).sum() / max((ia | ib).sum(), 1)))
+        fracs.append(float(ia.sum() / max(both.sum(), 1)))
+    return rows, rel, ious, fracs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "bench_pipelines.md"))
+    a = ap.parse_args()
+    lines = ["# Image -> 3D pipelines: time per stage, peak memory, bf16 against fp32", "",
+             machine_description(allocator=False), "",
+             "Random-weight models at CPU size (not the releases): DINO width 96 × 4 layers (ViT-L/14-reg layout "
+             f"at 518 px for TRELLIS, DINOv3 layout at 512 px for TRELLIS.2, ViT-g layout at 518 px for PartPacker); "
+             f"TRELLIS flow {SS_FLOW['model_channels']} wide × {SS_FLOW['num_blocks']} blocks on 16³×8 (4,096 "
+             f"tokens), TRELLIS.2 flow the same with its RoPE / shared-modulation blocks; TRELLIS's decoder with "
+             f"channels {SS_DEC['channels']} to 64³; PartPacker DiT {PP_DIT['hidden_dim']} × {PP_DIT['num_layers']} "
+             f"on 2 × {PP_DIT['latent_size']} tokens, VAE {PP_VAE['dec_hidden_dim']} × {PP_VAE['num_dec_layers']} "
+             f"decoded hierarchically to {PP_DECODE['resolution']}³ and meshed. Release samplers: TRELLIS 25 steps, "
+             "TRELLIS.2 12, PartPacker 50. Seconds for the second image of a run.", "",
+             "| pipeline | dtype | encode s | sample s | decode s | peak RSS GiB (cumulative) |",
+             "|---|---|---|---|---|---|"]
+    summary = ["", "| pipeline | latent max rel diff bf16 vs fp32 | occupancy IoU bf16 vs fp32 | occupied fraction |",
+               "|---|---|---|---|"]
+    for kind in ("TRELLIS", "TRELLIS.2", "PartPacker"):
+        rows, rel, ious, fracs = compare(kind, build(kind))
+        for dtype, (te, ts, td), rss in rows:
+            lines.append(f"| {kind} | {dtype} | {te:.2f} | {ts:.2f} | {td:.2f} | {rss:.2f} |")
+        summary.append(f"| {kind} | {rel:.3g} | {' / '.join(f'{x:.3f}' for x in ious)} | "
+                       f"{' / '.join(f'{x:.3f}' for x in fracs)} |")
+        print("\n".join(lines[-2:] + summary[-1:]), flush=True)
+    lines += summary + ["", "PartPacker's IoU is per volume (the two halves of the latent set)."]
+    print("\n".join(lines))
+    write_markdown(a.out, lines)
+
+
+if __name__ == "__main__":
+    main()
