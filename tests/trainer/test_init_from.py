@@ -45,3 +45,15 @@ def test_init_from_a_different_architecture_fails_clearly(vae_dirs, tmp_path):
     with pytest.raises(ValueError, match=r"init_from .*do not match.*model_channels|init_from .*do not match"):
         run(_cfg("ss_flow", vae_dirs, init_from=str(tmp_path / "base"), **{"model.model_channels": 48}),
             tmp_path / "wide", mesh=one, max_steps=0)
+
+
+@pytest.mark.slow
+def test_a_fine_tune_resumes_bit_exactly(vae_dirs, tmp_path):
+    one = make_mesh(1, 1, jax.devices()[:1])
+    run(_cfg("ss_flow", vae_dirs), tmp_path / "base", mesh=one)
+    cfg = _cfg("ss_flow", vae_dirs, init_from=str(tmp_path / "base"), steps=4, ckpt_every=1)
+    straight = run(cfg, tmp_path / "straight", mesh=one)["state"]
+    run(cfg, tmp_path / "killed", mesh=one, max_steps=2)  # killed after step 2 (checkpointed)
+    resumed = run(cfg, tmp_path / "killed", mesh=one)["state"]
+    for a, b in zip(_leaves(straight.params), _leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
