@@ -9,6 +9,12 @@ and the same noise in both dtypes:
 * seconds to encode the image (preprocessing + DINO), to sample (all Euler steps, CFG branches batched) and to
   decode (+ mesh for PartPacker), for the second image of a run (the first compiles), as a library user runs it;
 * the process's peak resident memory after the pipeline ran (``ru_maxrss``, cumulative over the script);
+* the same sampling and decode in PyTorch in the same run: our mirrors of the upstream modules
+  (``tests/torch_reference/``) with the same weights, driven by the glue written from the upstream scripts
+  (``tests/torch_reference/*_pipeline.py``: two forwards per guided step, as upstream), fp32;
+* the analytic FLOPs of one image at the *released* sizes (``jaxshape.flops.count_flops``, nothing runs): encoder,
+  every flow forward of the release's sampler, the decoder (PartPacker: per volume, plus the query cost per million
+  points; its hierarchical decode queries a shape-dependent number of points);
 * ``dtype="bfloat16"`` against ``"float32"``: the latents' max relative difference, the IoU of the decoded
   occupancy (TRELLIS: ``logits > 0`` at 64³; PartPacker: ``TSDF > 0`` on the cells both decodes queried) and the
   occupied fraction (a random model's field is not a shape; the IoU says how far bf16 moves the same computation).
@@ -138,6 +144,9 @@ def compare(kind, make):
         results[dtype] = (z, fields)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
         rows.append((dtype, times, rss))
+        if dtype == "float32":
+            ts, td = torch_times(kind, pipe, _image(seed=2), noise)
+            rows.append(("PyTorch mirrors, fp32", (float("nan"), ts, td), float("nan")))
     z32, f32 = results["float32"]
     z16, f16 = results["bfloat16"]
     rel = float(np.abs(z16 - z32).max() / np.abs(z32).max())
@@ -148,6 +157,102 @@ def compare(kind, make):
         ious.append(float((ia & ib).sum() / max((ia | ib).sum(), 1)))
         fracs.append(float(ia.sum() / max(both.sum(), 1)))
     return rows, rel, ious, fracs
+
+
+def torch_times(kind, pipe, image, noise):
+    """Sampling and decode seconds of the PyTorch mirrors + glue with the pipeline's weights (fp32)."""
+    import torch
+
+    from jaxshape.convert import to_torch
+    from tests.torch_reference import partpacker as pp
+    from tests.torch_reference import partpacker_pipeline as PPG
+    from tests.torch_reference import trellis2_pipeline as TP2
+    from tests.torch_reference import trellis2_ss_flow as T2
+    from tests.torch_reference import trellis_pipeline as TP
+    from tests.torch_reference import trellis_ss as T
+
+    def load(tmod, module, variables):
+        sd = to_torch(module, variables)
+        tmod.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()})
+        return tmod.eval()
+
+    torch.set_num_threads(2)
+    cond = torch.from_numpy(np.asarray(pipe.get_cond([image]), np.float32))
+    with torch.no_grad():
+        if kind == "PartPacker":
+            tdit = load(pp.DiT(gradient_checkpointing=False, **PP_DIT, context_dim=None), pipe.dit, pipe.dit_variables)
+            tvae = load(pp.Model(pp.ModelConfig(**PP_VAE)), pipe.vae, pipe.vae_variables)
+            t0 = time.perf_counter()
+            z = PPG.sample(tdit, torch.from_numpy(noise), cond, steps=50, cfg_scale=7.0, shift=3.0)
+            t1 = time.perf_counter()
+            n = PP_DIT["latent_size"]
+            for vol in (z[:, :n], z[:, n:]):
+                PPG.extract_mesh(PPG.decode_hierarchical(tvae, vol, PP_DECODE["resolution"],
+                                                         PP_DECODE["min_resolution"]))
+            return t1 - t0, time.perf_counter() - t1
+        args = {k: v for k, v in (SS_FLOW if kind == "TRELLIS" else SS2_FLOW).items() if k != "upstream"}
+        tflow = load((T.SparseStructureFlowModel if kind == "TRELLIS" else T2.SparseStructureFlowModel)(**args),
+                     pipe.flow_model, pipe.flow_variables)
+        tdec = load(T.SparseStructureDecoder(**dict(SS_DEC, channels=list(SS_DEC["channels"]))), pipe.decoder,
+                    pipe.decoder_variables)
+        x = torch.from_numpy(np.ascontiguousarray(noise.transpose(0, 4, 1, 2, 3)))
+        t0 = time.perf_counter()
+        if kind == "TRELLIS":
+            z = TP.sample_guidance_interval(tflow, x, cond, steps=25, cfg_strength=7.5, cfg_interval=(0.5, 1.0),
+                                            rescale_t=3.0)
+            t1 = time.perf_counter()
+            TP.decode_coords(tdec, z)
+        else:
+            z = TP2.sample(tflow, x, cond, **dict(pipe.sampler))
+            t1 = time.perf_counter()
+            TP2.decode_coords(tdec, z, 32)
+        return t1 - t0, time.perf_counter() - t1
+
+
+def released_flops() -> list[str]:
+    """Analytic GFLOPs of one image (one sample) at the released sizes."""
+    from jaxshape.convert.state_dict import abstract_variables
+    from jaxshape.flops import count_flops
+    from jaxshape.flow import trellis_timesteps
+    from jaxshape.models import build
+
+    def fwd(module, *shapes):
+        v = abstract_variables(module)
+        return count_flops(lambda vv, *a: module.apply(vv, *a), v, *(jax.ShapeDtypeStruct(s, jnp.float32)
+                                                                      for s in shapes)) / 1e9
+
+    def guided(times, lo, hi):
+        return sum(1 for t in times[:-1] if lo <= t <= hi)
+
+    rows = ["", "Analytic GFLOPs of one image, one sample, at the released sizes (matmuls and convolutions; "
+            "`jaxshape.flops`):", "",
+            "| pipeline | encoder | flow forward × forwards | decoder | total |", "|---|---|---|---|---|"]
+    for kind, enc, flow_name, size, steps, interval, rescale in (
+            ("TRELLIS", "dinov2_vitl14_reg", "ss_flow_img_dit_L_16l8_fp16", 518, 25, (0.5, 1.0), 3.0),
+            ("TRELLIS.2", "dinov3_vitl16", "ss_flow_img_dit_1_3B_64_bf16", 512, 12, (0.6, 1.0), 5.0)):
+        e = fwd(build(enc), (1, size, size, 3))
+        fm = build(flow_name, use_fp16=False) if kind == "TRELLIS" else build(flow_name)
+        tokens = 1 + 4 + (size // (14 if size == 518 else 16)) ** 2
+        f = fwd(fm, (1, 16, 16, 16, 8), (1,), (1, tokens, 1024))
+        times = trellis_timesteps(steps, rescale)
+        n = steps + guided(times, *interval)
+        d = fwd(build("ss_dec_conv3d_16l8_fp16", use_fp16=False), (1, 16, 16, 16, 8))
+        rows.append(f"| {kind} | {e:,.0f} | {f:,.0f} × {n} | {d:,.0f} | {e + f * n + d:,.0f} |")
+    e = fwd(build("dinov2_vitg14"), (1, 518, 518, 3))
+    dit = build("partpacker_dit")
+    f = fwd(dit, (1, 8192, 64), (1, 1370, 1536), (1,))
+    vae = build("partpacker_vae")
+    v = abstract_variables(vae)
+    dec = count_flops(lambda vv, z: vae.apply(vv, z, method="decode"), v,
+                      jax.ShapeDtypeStruct((1, 4096, 64), jnp.float32)) / 1e9
+    hidden = jax.eval_shape(lambda vv, z: vae.apply(vv, z, method="decode"), v,
+                            jax.ShapeDtypeStruct((1, 4096, 64), jnp.float32))
+    q = count_flops(lambda vv, p, h: vae.apply(vv, p, h, method="query"), v,
+                    jax.ShapeDtypeStruct((1, 8192, 3), jnp.float32), hidden) / 1e9 / 8192 * 1e6
+    n = 2 * 50  # CFG 7 at every step
+    rows.append(f"| PartPacker | {e:,.0f} | {f:,.0f} × {n} | 2 × {dec:,.0f} + {q:,.0f} per 1 M query points | "
+                f"{e + f * n + 2 * dec:,.0f} + queries |")
+    return rows
 
 
 def main():
@@ -171,11 +276,12 @@ def main():
     for kind in ("TRELLIS", "TRELLIS.2", "PartPacker"):
         rows, rel, ious, fracs = compare(kind, build(kind))
         for dtype, (te, ts, td), rss in rows:
-            lines.append(f"| {kind} | {dtype} | {te:.2f} | {ts:.2f} | {td:.2f} | {rss:.2f} |")
+            lines.append(f"| {kind} | {dtype} | {'-' if te != te else f'{te:.2f}'} | {ts:.2f} | {td:.2f} | "
+                         f"{'-' if rss != rss else f'{rss:.2f}'} |")
         summary.append(f"| {kind} | {rel:.3g} | {' / '.join(f'{x:.3f}' for x in ious)} | "
                        f"{' / '.join(f'{x:.3f}' for x in fracs)} |")
         print("\n".join(lines[-2:] + summary[-1:]), flush=True)
-    lines += summary + ["", "PartPacker's IoU is per volume (the two halves of the latent set)."]
+    lines += summary + ["", "PartPacker's IoU is per volume (the two halves of the latent set)."] + released_flops()
     print("\n".join(lines))
     write_markdown(a.out, lines)
 
