@@ -68,11 +68,11 @@ def test_forward_matches_mirror(case):
 
 
 def test_released_1_3b_key_set():  # the parameter count: tests/models/test_released_configs.py
-    name, args = released_args("ss_flow_img_dit_1_3B_64_bf16")
+    _, args = released_args("ss_flow_img_dit_1_3B_64_bf16")
     with torch.device("meta"):
         tmodel = T2.SparseStructureFlowModel(**{k: v for k, v in args.items() if k != "upstream"})
     ref = {k: tuple(v.shape) for k, v in tmodel.state_dict().items()}
-    got = {k: tuple(v) for k, v in expected_state_dict_shapes(build(name)).items()}
+    got = {k: tuple(v) for k, v in expected_state_dict_shapes(build("ss_flow_img_dit_1_3B_64_bf16")).items()}
     assert got == ref
     assert ref["rope_phases"] == (4096, 64) and ref["blocks.0.modulation"] == (9216,)
     assert ref["blocks.0.mlp.mlp.0.weight"] == (8192, 1536)  # int(1536 * 5.3334)
