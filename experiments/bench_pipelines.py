@@ -180,7 +180,7 @@ def torch_times(kind, pipe, image, noise):
     cond = torch.from_numpy(np.asarray(pipe.get_cond([image]), np.float32))
     with torch.no_grad():
         if kind == "PartPacker":
-            tdit = load(pp.DiT(gradient_checkpointing=False, **PP_DIT, context_dim=None), pipe.dit, pipe.dit_variables)
+            tdit = load(pp.DiT(**PP_DIT), pipe.dit, pipe.dit_variables)
             tvae = load(pp.Model(pp.ModelConfig(**PP_VAE)), pipe.vae, pipe.vae_variables)
             t0 = time.perf_counter()
             z = PPG.sample(tdit, torch.from_numpy(noise), cond, steps=50, cfg_scale=7.0, shift=3.0)
