@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshape import flow
+from jaxshape.pipelines.common import merged, preprocessed_rgb
 
 # infer.py / app.py sampling knobs (image_conditioning.md §6.2)
 PP_SAMPLER_DEFAULTS = {"steps": 50, "cfg_strength": 7.0, "shift": 3.0}
@@ -141,10 +142,7 @@ class PartPackerPipeline:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        unknown = set(self.sampler) - set(PP_SAMPLER_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(PP_SAMPLER_DEFAULTS)}")
-        self.sampler = {**PP_SAMPLER_DEFAULTS, **self.sampler}
+        self.sampler = merged(PP_SAMPLER_DEFAULTS, PP_SAMPLER_DEFAULTS, self.sampler)
         if self.encoder.embed_dim != self.dit.cond_dim:
             raise ValueError(f"the encoder gives {self.encoder.embed_dim}-wide tokens but the DiT takes "
                              f"{self.dit.cond_dim}-wide conditions")
@@ -168,10 +166,10 @@ class PartPackerPipeline:
         ``[S, S, 3]`` float32 in [0, 1]; an RGB float/uint8 array of the encoder's size passes through."""
         from jaxshape.image import partpacker_preprocess
 
-        arr = np.asarray(image)
         size = self.encoder.img_size
-        if arr.ndim == 3 and arr.shape[-1] == 3 and arr.shape[:2] == (size, size):
-            return (arr.astype(np.float32) / 255) if arr.dtype == np.uint8 else arr.astype(np.float32)
+        ready = preprocessed_rgb(image, size)
+        if ready is not None:
+            return ready
         return partpacker_preprocess(image, size=size, patch_size=self.encoder.patch_size)
 
     def _encode_fn(self, variables, images):
@@ -196,10 +194,7 @@ class PartPackerPipeline:
         """Latents ``[num_samples, 8192, 64]`` (fp32) for one image's ``cond [1, T, C]`` (or a condition per
         sample, ``[num_samples, T, C]``: a batch of images, shardable over devices); ``sampler`` overrides
         the pipeline's ``sampler`` (:data:`PP_SAMPLER_DEFAULTS`: ``steps``, ``cfg_strength``, ``shift``)."""
-        unknown = set(sampler) - set(PP_SAMPLER_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(PP_SAMPLER_DEFAULTS)}")
-        p = {**self.sampler, **sampler}
+        p = merged(PP_SAMPLER_DEFAULTS, self.sampler, sampler)
         shape = (num_samples,) + self.latent_shape()
         if noise is None:
             noise = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
@@ -246,10 +241,7 @@ class PartPackerPipeline:
         """Latents ``[B, 8192, 64]`` -> ``{"latent", "grids", "meshes", "parts"}`` as :meth:`__call__` gives."""
         from jaxshape.geometry import extract_mesh
 
-        d = {**PP_DECODE_DEFAULTS, **(decode or {})}
-        unknown = set(d) - set(PP_DECODE_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown decode parameters {sorted(unknown)}; known: {sorted(PP_DECODE_DEFAULTS)}")
+        d = merged(PP_DECODE_DEFAULTS, PP_DECODE_DEFAULTS, decode or {}, "decode parameters")
         grids, meshes, parts = [], [], []
         for b in range(z.shape[0]):
             g = [self.decode_volume(vol[b], **d) for vol in self.volumes(z)]

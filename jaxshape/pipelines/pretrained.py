@@ -43,6 +43,12 @@ HF_REPOS = {"dinov2_vitl14_reg": "facebook/dinov2-with-registers-large", "dinov2
             "dinov3_vitl16": "facebook/dinov3-vitl16-pretrain-lvd1689m"}
 
 
+def hf_cache() -> Path:
+    """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+
+
 def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
@@ -110,9 +116,7 @@ def find_encoder(name: str, search: tuple = ()) -> Path:
         if looked[-1].is_file():
             return looked[-1]
     if repo:
-        hf_cache = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
-                                                                           "huggingface")) / "hub"))
-        snaps = hf_cache / f"models--{repo.replace('/', '--')}" / "snapshots"
+        snaps = hf_cache() / f"models--{repo.replace('/', '--')}" / "snapshots"
         looked.append(snaps / "*")
         for snap in sorted(snaps.glob("*")) if snaps.is_dir() else []:
             if (snap / "config.json").is_file():
@@ -150,9 +154,7 @@ def _model_base(path: Path, ref: str) -> Path:
     if len(parts) > 2:
         org, repo, rest = parts[0], parts[1], "/".join(parts[2:])
         tried.append(path.parent / repo / rest)
-        hf_cache = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache" /
-                                                                           "huggingface")) / "hub"))
-        snaps = hf_cache / f"models--{org}--{repo}" / "snapshots"
+        snaps = hf_cache() / f"models--{org}--{repo}" / "snapshots"
         tried += sorted(snaps.glob("*/" + rest)) if snaps.is_dir() else [snaps / "*" / rest]
     for base in tried:
         if base.with_name(base.name + ".json").is_file():

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshape import flow
+from jaxshape.pipelines.common import merged, preprocessed_rgb
 
 log = logging.getLogger("jaxshape")
 
@@ -65,10 +66,7 @@ class TrellisSparseStructurePipeline:
         if self.decoder.latent_channels != self.flow_model.out_channels:
             raise ValueError(f"the decoder reads {self.decoder.latent_channels} latent channels but the flow model "
                              f"gives {self.flow_model.out_channels}")
-        unknown = set(self.sampler) - set(self.SAMPLER_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(self.SAMPLER_DEFAULTS)}")
-        self.sampler = {**self.SAMPLER_DEFAULTS, **self.sampler}
+        self.sampler = merged(self.SAMPLER_DEFAULTS, self.SAMPLER_DEFAULTS, self.sampler)
         if self.dtype is not None:
             if self.dtype not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"dtype must be 'float32', 'bfloat16', 'float16' or None, got {self.dtype!r}")
@@ -97,11 +95,12 @@ class TrellisSparseStructurePipeline:
 
         arr = np.asarray(image)
         size = self.encoder.img_size
+        ready = preprocessed_rgb(arr, size)
+        if ready is not None:
+            return ready
         if arr.ndim == 3 and arr.shape[-1] == 3:
-            if arr.shape[:2] != (size, size):
-                raise ValueError(f"an RGB image must already be preprocessed to {size}x{size}, got "
-                                 f"{arr.shape[:2]}; pass the RGBA image to crop it by its alpha")
-            return (arr.astype(np.float32) / 255) if arr.dtype == np.uint8 else arr.astype(np.float32)
+            raise ValueError(f"an RGB image must already be preprocessed to {size}x{size}, got "
+                             f"{arr.shape[:2]}; pass the RGBA image to crop it by its alpha")
         if arr.ndim != 3 or arr.shape[-1] != 4:
             raise ValueError(f"image must be RGBA [H, W, 4] (or a preprocessed RGB [{size}, {size}, 3]), got shape "
                              f"{arr.shape}")
@@ -125,10 +124,7 @@ class TrellisSparseStructurePipeline:
 
     # the sampler: TRELLIS.2 overrides these three
     def _params(self, sampler: dict) -> dict:
-        unknown = set(sampler) - set(self.SAMPLER_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown sampler parameters {sorted(unknown)}; known: {sorted(self.SAMPLER_DEFAULTS)}")
-        return {**self.sampler, **sampler}
+        return merged(self.SAMPLER_DEFAULTS, self.sampler, sampler)
 
     def _euler_args(self, p: dict) -> dict:
         """``FlowEulerGuidanceIntervalSampler`` of TRELLIS: ``(1 + w) v_c − w v_u`` inside the interval."""

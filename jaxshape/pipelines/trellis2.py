@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 
 from jaxshape import flow
+from jaxshape.pipelines.common import preprocessed_rgb
 from jaxshape.pipelines.trellis import TrellisSparseStructurePipeline
 
 T2_SAMPLER_DEFAULTS = {"steps": 12, "guidance_strength": 7.5, "guidance_rescale": 0.7, "guidance_interval": (0.6, 1.0),
@@ -67,10 +68,10 @@ class Trellis2SparseStructurePipeline(TrellisSparseStructurePipeline):
         """An RGBA image (or a preprocessed RGB array of the encoder's size) -> ``[512, 512, 3]`` in [0, 1]."""
         from jaxshape.image import trellis2_preprocess
 
-        arr = np.asarray(image)
         size = self.encoder.img_size
-        if arr.ndim == 3 and arr.shape[-1] == 3 and arr.shape[:2] == (size, size):
-            return (arr.astype(np.float32) / 255) if arr.dtype == np.uint8 else arr.astype(np.float32)
+        ready = preprocessed_rgb(image, size)
+        if ready is not None:
+            return ready
         return trellis2_preprocess(image, size=size, patch_size=self.encoder.patch_size)
 
     def _euler_args(self, p: dict) -> dict:
