@@ -72,7 +72,7 @@ class ViewConfig:
 def draw_views(ex: dict, views: ViewConfig, rng: np.random.Generator) -> np.ndarray:
     """``cond_image [count, size, size, 3]`` float32 in [0, 1] from the example's ``cond_views`` (see
     :class:`ViewConfig`); an example without views is an error naming it."""
-    from jaxshape.image import decode_png, partpacker_preprocess, trellis_preprocess
+    from jaxshape.image import decode_png
 
     stored = ex.get("cond_views")
     if not stored:
@@ -80,15 +80,18 @@ def draw_views(ex: dict, views: ViewConfig, rng: np.random.Generator) -> np.ndar
                          f"or --views-dir, or use another cond.kind")
     n = len(stored)
     idx = rng.choice(n, size=views.count, replace=views.count > n)
-    out = []
-    for i in idx:
-        rgba = decode_png(stored[int(i)])
-        if views.preprocess == "trellis":
-            img = trellis_preprocess(rgba, size=views.size, patch_size=views.patch_size).astype(np.float32) / 255
-        else:
-            img = partpacker_preprocess(rgba, size=views.size, patch_size=views.patch_size)
-        out.append(img)
-    return np.stack(out).astype(np.float32)
+    return np.stack([preprocess_view(decode_png(stored[int(i)]), views) for i in idx])
+
+
+def preprocess_view(rgba: np.ndarray, views: ViewConfig) -> np.ndarray:
+    """One RGBA view through ``views.preprocess`` at ``views.size``: float32 ``[size, size, 3]`` in [0, 1]."""
+    from jaxshape.image import partpacker_preprocess, trellis_preprocess
+
+    if views.preprocess == "trellis":
+        img = trellis_preprocess(rgba, size=views.size, patch_size=views.patch_size).astype(np.float32) / 255
+    else:
+        img = partpacker_preprocess(rgba, size=views.size, patch_size=views.patch_size)
+    return np.asarray(img, np.float32)
 
 
 def _rotation(rng, mode):

@@ -141,8 +141,9 @@ def stage_config(stage: str) -> ConfigDict:
             tokens=1,  # class: condition tokens per label
             p_uncond=0.1,  # classifier-free-guidance dropout probability (image / features: zero tokens)
             encoder="dinov2_vitl14_reg",  # image: the encoder's architecture (a jaxshape.models.released name)
-            # image: its weights (a jaxshape.convert output, a torch-hub .pth or an HF folder); "": a random-init
-            # stand-in (runs the pipeline, knows nothing about images)
+            # image: its weights (a jaxshape.convert output, a torch-hub .pth or an HF folder); "standin": a small
+            # encoder trained here on renders of embedded shapes (jaxshape.trainer.standin_encoder, cached); "": a
+            # random-init stand-in (runs the pipeline, knows next to nothing about images)
             encoder_checkpoint="",
             encoder_dtype="float32",  # image: the encoder's compute dtype (PartPacker: bfloat16)
             tap="prenorm_ln",  # image: the condition tap (jaxshape.models.image_condition)

@@ -58,12 +58,19 @@ def encoder_overrides(cond) -> dict:
 
 def load_image_encoder(encoder: nn.Module, cond, seed: int) -> dict:
     """The frozen encoder's variables: ``cond.encoder_checkpoint`` (a ``jaxshape.convert`` / ``models.save``
-    folder, a torch-hub ``.pth`` or an HF file / folder: ``jaxshape.convert.dino.load_dino``), or, when empty, a
-    random initialisation from ``seed`` -- a stand-in that runs the pipeline but carries no image knowledge."""
+    folder, a torch-hub ``.pth`` or an HF file / folder: ``jaxshape.convert.dino.load_dino``); ``"standin"``: the
+    contrastive stand-in of ``cond.encoder`` trained on renders of embedded shapes for ``cond.image_size`` and
+    ``cond.preprocess`` (``jaxshape.trainer.standin_encoder``, built once and cached); when empty, a random
+    initialisation from ``seed`` -- a stand-in that runs the pipeline but carries almost no image knowledge."""
     from jaxshape.convert.dino import load_dino
     from jaxshape.models import load
 
     path = cond.encoder_checkpoint
+    if path == "standin":
+        from jaxshape.trainer.standin_encoder import StandinConfig, ensure_standin
+
+        path = str(ensure_standin(StandinConfig(encoder=cond.encoder, image_size=cond.image_size,
+                                                preprocess=cond.preprocess)))
     if not path:
         log.warning("cond.encoder_checkpoint is empty: the image encoder %s is a random-init stand-in (point it at "
                     "converted DINO weights for a real one)", cond.encoder)
