@@ -26,6 +26,22 @@ def rng_np():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="module")
+def gl():
+    """``jaxshape.data.render`` with a working OpenGL context; the test is skipped without moderngl or EGL."""
+    from jaxshape.data import render
+
+    try:  # pytest.importorskip, but also for a broken install (e.g. glcontext missing) raising ImportError
+        import moderngl  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"moderngl not importable ({e}); pip install -e \".[render]\"")
+    try:
+        render._gl_context()
+    except RuntimeError as e:  # no system EGL / driver
+        pytest.skip(str(e))
+    return render
+
+
 @pytest.fixture
 def highest_matmul_precision():
     """fp32 matmuls at full precision (the parity and formulation tests compare to 1e-6)."""

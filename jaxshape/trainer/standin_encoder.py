@@ -1,14 +1,14 @@
-"""A stand-in image encoder for the CPU image-conditioned demos: a small DINO ViT taught, without labels, to tell
-the embedded procedural shapes apart from their rendered views.
+"""A stand-in image encoder for the CPU image-conditioned demos: a small DINO ViT taught to tell the embedded
+procedural shapes apart from their rendered views.
 
 The released encoders (DINOv2-L / -g, DINOv3-L) cannot run at CPU demo size, and a random-init ``dinov2_tiny``
 barely carries the shape in its tokens (its nearest view has the right class 32 % of the time over 10 classes), so a
 demo conditioned through it cannot show whether the 3-D model follows its image. This module gives it image
 knowledge the way the released encoders got theirs, at toy scale: multi-view contrastive learning (SimCLR's
 NT-Xent) where the two views of a pair are two rendered views of the same shape (TRELLIS's conditioning cameras,
-``jaxshape.data.render``) through the demo's own preprocessing, and every other shape in the batch is a negative.
-The MLP projection head is discarded; what is kept is the ViT, saved with ``jaxshape.models.save`` so that
-``cond.encoder_checkpoint`` loads it like any converted DINO.
+``jaxshape.data.render``) through the demo's own preprocessing, and every other shape in the batch is a negative,
+plus (``class_weight``; 0 = label-free) the cross-entropy of the shape's class. The heads are discarded; what is
+kept is the ViT, saved with ``jaxshape.models.save`` so that ``cond.encoder_checkpoint`` loads it like any DINO.
 
 The shapes are drawn from the embedded generator with their own seed (``shape_seed``), never the demos' data seed, so
 no shape a demo holds out is seen here. ``cond.encoder_checkpoint="standin"`` builds it on first use under the cache
@@ -106,7 +106,7 @@ def render_corpus(cfg: StandinConfig, root: Optional[str] = None) -> tuple[np.nd
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR's MLP head on ``[CLS, mean of the patch tokens]`` of the final-norm output; L2-normalised."""
+    """SimCLR's MLP head (on the batch-standardised :func:`pooled_features`); L2-normalised."""
     hidden: int
     features: int
 
@@ -162,23 +162,39 @@ def retrieval_accuracy(encoder: nn.Module, variables, views: np.ndarray, labels:
             "chance_instance": 1.0 / n, "chance_class": float(np.mean(labels[:, None] == labels[None, :]))}
 
 
+def init_encoder(cfg: StandinConfig) -> tuple[nn.Module, dict]:
+    """``cfg.encoder`` and its random initialisation from ``cfg.seed`` (where training starts)."""
+    encoder = build(cfg.encoder)
+    x0 = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+    return encoder, jax.jit(encoder.init)(jax.random.fold_in(jax.random.key(cfg.seed), 0x5E1F), x0)
+
+
+def optimizer(cfg: StandinConfig):
+    """The trainer's optimizer (``jaxshape.trainer.optim``): global-norm clipping at 1, AdamW, linear warm-up then
+    cosine decay to 0 over ``cfg.steps``."""
+    import ml_collections
+
+    from jaxshape.trainer.optim import make_optimizer
+
+    return make_optimizer(ml_collections.ConfigDict(dict(
+        lr=cfg.lr, weight_decay=cfg.weight_decay, b1=0.9, b2=0.99, eps=1e-8, schedule="cosine",
+        warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps, end_lr=0.0, clip="global_norm", max_grad_norm=1.0)))
+
+
 def pretrain(cfg: StandinConfig, views: np.ndarray, labels: np.ndarray, log_every: int = 250
              ) -> tuple[nn.Module, dict, list]:
     """Train ``cfg.encoder`` on ``views [N, V, S, S, 3]`` uint8 of shapes of class ``labels [N]`` (all of them: the
     caller holds out) with :func:`nt_xent` (+ ``class_weight`` x the class cross-entropy); returns
     ``(encoder, its variables, [(step, loss)])``; the heads are dropped."""
-    encoder = build(cfg.encoder)
+    encoder, init = init_encoder(cfg)
     head = ProjectionHead(hidden=4 * encoder.embed_dim, features=cfg.proj_dim)
     classifier = nn.Dense(int(labels.max()) + 1)
     key = jax.random.key(cfg.seed)
-    x0 = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
-    params = {"encoder": jax.jit(encoder.init)(jax.random.fold_in(key, 0x5E1F), x0)["params"],
+    params = {"encoder": init["params"],
               "head": head.init(jax.random.fold_in(key, 0x4EAD), jnp.zeros((1, 2 * encoder.embed_dim)))["params"],
               "classifier": classifier.init(jax.random.fold_in(key, 0xC1A5),
                                             jnp.zeros((1, 2 * encoder.embed_dim)))["params"]}
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, cfg.steps, 0.0)
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, b1=0.9, b2=0.99, weight_decay=cfg.weight_decay))
+    tx = optimizer(cfg)
     opt_state = tx.init(params)
 
     def loss_fn(p, images, y):
@@ -210,7 +226,7 @@ def pretrain(cfg: StandinConfig, views: np.ndarray, labels: np.ndarray, log_ever
             mean = float(np.mean(jax.device_get(running)))
             history.append((s + 1, mean))
             running = []
-            log.info("stand-in encoder: step %d / %d, NT-Xent %.4f (%.1f s)", s + 1, cfg.steps, mean,
+            log.info("stand-in encoder: step %d / %d, loss %.4f (%.1f s)", s + 1, cfg.steps, mean,
                      time.time() - t0)
     return encoder, {"params": params["encoder"]}, history
 
@@ -225,9 +241,7 @@ def build_standin(cfg: StandinConfig, out: str | Path, root: Optional[str] = Non
     views, labels = render_corpus(cfg, root)
     t_render = time.time() - t0
     train, held = slice(0, cfg.num_shapes - cfg.holdout), slice(cfg.num_shapes - cfg.holdout, None)
-    encoder = build(cfg.encoder)
-    x0 = jnp.zeros((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
-    init = jax.jit(encoder.init)(jax.random.fold_in(jax.random.key(cfg.seed), 0x5E1F), x0)
+    encoder, init = init_encoder(cfg)
     before = retrieval_accuracy(encoder, init, views[held], labels[held])
     t1 = time.time()
     encoder, variables, history = pretrain(cfg, views[train], labels[train])

@@ -171,19 +171,6 @@ def test_missing_package_names_the_extra(monkeypatch):
 # ------------------------------------------------------------------------------------------------------ rendering
 
 
-@pytest.fixture(scope="module")
-def gl():
-    try:  # pytest.importorskip, but also for a broken install (e.g. glcontext missing) raising ImportError
-        import moderngl  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"moderngl not importable ({e}); pip install -e \".[render]\"")
-    try:
-        render._gl_context()
-    except RuntimeError as e:  # no system EGL / driver
-        pytest.skip(str(e))
-    return render
-
-
 def _procedural(cls=6, idx=1):
     import trimesh
 

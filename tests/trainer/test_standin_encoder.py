@@ -2,7 +2,6 @@
 instances apart, and the cached folder that ``cond.encoder_checkpoint="standin"`` loads."""
 import json
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -69,9 +68,7 @@ def test_contrastive_training_tells_held_out_instances_apart():
     views = _synthetic_views(cfg.num_shapes, cfg.views, cfg.image_size, seed=1)
     labels = np.zeros(cfg.num_shapes, np.int32)
     train, held = slice(0, 48), slice(48, None)
-    enc = build(cfg.encoder)
-    init = jax.jit(enc.init)(jax.random.fold_in(jax.random.key(cfg.seed), 0x5E1F),
-                             jnp.zeros((1, 28, 28, 3)))
+    enc, init = se.init_encoder(cfg)
     before = se.retrieval_accuracy(enc, init, views[held], labels[held])
     enc, variables, history = se.pretrain(cfg, views[train], labels[train], log_every=40)
     after = se.retrieval_accuracy(enc, variables, views[held], labels[held])
@@ -80,20 +77,6 @@ def test_contrastive_training_tells_held_out_instances_apart():
     assert after["chance_instance"] == pytest.approx(1 / 16)
     assert after["instance"] >= 0.3 and after["instance"] >= before["instance"] + 0.15, (before, after)  # 0.19 -> 0.38
     assert set(variables) == {"params"} and "head" not in variables["params"]
-
-
-@pytest.fixture(scope="module")
-def gl():
-    from jaxshape.data import render
-
-    try:
-        import moderngl  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"moderngl not importable ({e}); pip install -e \".[render]\"")
-    try:
-        render._gl_context()
-    except RuntimeError as e:
-        pytest.skip(str(e))
 
 
 def test_standin_is_built_once_and_loads_as_the_cond_encoder(gl, tmp_path, monkeypatch):
