@@ -17,7 +17,9 @@ Variants (``--config=configs/vecset_like.py:<variant>``):
   ``LN(last_hidden_state)`` in fp32, CFG dropout 0.1). PartPacker does not release its dataset code, so k is our
   choice (``cond.views``). Point ``cond.encoder_checkpoint`` at the weights (hub ``.pth`` or the HF folder).
 * ``image_demo``: ``demo`` with the flow conditioned on images: 8 views of 128 px rendered per embedded shape, 2 drawn
-  per example at 112 px, read by the random-init ``dinov2_tiny`` stand-in (``docs/training.md``);
+  per example at 112 px, read by the ``dinov2_tiny`` stand-in trained on renders of other embedded shapes
+  (``cond.encoder_checkpoint="standin"``, built and cached on first use) as 2 tokens, CLS and the mean patch
+  token, standardised by their training-set statistics (``cond.pool``, ``cond.standardize``; ``docs/training.md``);
   ``flow_image_demo``: its flow stage alone.
 
 ``,data=<folder>`` trains every stage on prepared records: ``--config=configs/vecset_like.py:demo,data=data/mine``.
@@ -115,6 +117,10 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         fl = image_conditioned(cfg.stages.vecset_flow, "dinov2_tiny", 112, views=2, encoder_dtype="float32")
         fl.data.views, fl.data.view_size = 8, 128  # rendered once per embedded shape (cached)
         fl.model.hidden_dim = 96  # the DiT's condition width is its own (PartPacker): dinov2_tiny's 96
+        # at CPU size the DiT follows its views only with an encoder that knows the shapes (the stand-in, trained
+        # here on first use) read as 2 standardised tokens, CLS and mean patch (docs/training.md measures each)
+        fl.cond.encoder_checkpoint = "standin"
+        fl.cond.pool, fl.cond.standardize = "cls_mean", True
         fl.steps = 1500
         fl.eval.every, fl.eval.sample_every = 500, 500
         fl.eval.num_samples = 20

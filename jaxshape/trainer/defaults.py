@@ -150,6 +150,12 @@ def stage_config(stage: str) -> ConfigDict:
             views=1,  # image: views per example (TRELLIS 1; PartPacker k, the latent repeated per view)
             preprocess="trellis",  # image: "trellis" (crop by alpha, on black) or "partpacker" (90 %, on white)
             image_size=518,  # image: side of the preprocessed view in pixels (a multiple of the patch size)
+            # image: "" keeps every token (all upstreams); "cls_mean": 2 tokens, CLS and the mean patch token
+            pool="",
+            # image / features: standardise each (token, channel) by its mean and std over the training views
+            # (computed once, kept in the workdir as cond_stats.npz); the null condition is then the mean one
+            standardize=False,
+            stats_examples=256,  # standardize: training examples the statistics are computed over
         ))
         if stage == SS_FLOW:
             c.flow = ConfigDict(dict(

@@ -208,6 +208,7 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
     # ---- task: modules from the config (no I/O), then the frozen inputs it reads from disk (a trained VAE)
     task = make_task(config)
     external = task.load_frozen()
+    external = {**external, **task.workdir_frozen(external, workdir, compute=True)}
 
     # ---- data: this process's share of every global batch; the first batch fixes the shapes
     it = data_iter if data_iter is not None else task.data_iterator(workdir, external, shd.batch_sharding(mesh))

@@ -125,9 +125,48 @@ def test_k_views_repeat_the_latent_example_major_and_dropout_rate(view_records, 
     assert 0.06 <= dropped <= 0.14  # p_uncond 0.1 over 400 draws (±2.7 sd)
 
 
-def test_image_conditioned_stage_trains_and_samples(view_records, vae_dirs, tmp_path):
-    config = _config(view_records, vae_dirs, **{"sample_at_end": True, "num_samples": 2})
+def test_pooled_standardised_condition_statistics(view_records, vae_dirs, tmp_path):
+    """cond.pool="cls_mean" gives [CLS, mean patch]; cond.standardize subtracts the mean and divides by the std of
+    each (token, channel) over the first cond.stats_examples training examples' views (numpy reference), kept in
+    the workdir and read back; the null condition is zeros after it."""
+    from jaxshape.data.sources import make_data_iterator
+
+    config = _config(view_records, vae_dirs, **{"cond.pool": "cls_mean", "cond.standardize": True,
+                                                "cond.stats_examples": 6, "cond.views": 2})
+    task = make_task(config)
+    frozen = {**task.frozen_variables(), **task.load_frozen()}
+    with pytest.raises(FileNotFoundError, match="cond_stats.npz is missing"):
+        task.workdir_frozen(frozen, tmp_path, compute=False)
+    stats = task.workdir_frozen(frozen, tmp_path, compute=True)["cond_stats"]
+    it = make_data_iterator(config.data, ("cond_image",), task.family, process_index=0, process_count=1,
+                            one_epoch=True, views=task.view_config())
+    images = np.concatenate([b["cond_image"] for b in it])[:6]  # [6, 2, S, S, 3]: the same draw
+    tokens = np.asarray(encode_images(task.encoder, frozen["encoder"], jnp.asarray(images), "prenorm_ln"), np.float64)
+    assert task.encoder.num_register_tokens == 4 and tokens.shape[1] == 1 + 4 + 4  # CLS, registers, patches
+    pooled = np.stack([tokens[:, 0], tokens[:, 5:].mean(axis=1)], axis=1)
+    assert stats["mean"].shape == stats["std"].shape == (2, 96)
+    np.testing.assert_allclose(np.asarray(stats["mean"]), pooled.mean(0), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(stats["std"]), np.sqrt(pooled.var(0) + 1e-6), rtol=1e-4, atol=1e-6)
+    again = task.workdir_frozen(frozen, tmp_path, compute=False)["cond_stats"]  # read back from the workdir
+    np.testing.assert_array_equal(np.asarray(again["mean"]), np.asarray(stats["mean"]))
+    frozen["cond_stats"] = again
+    cond = task.condition({}, frozen, {"cond_image": jnp.asarray(images)}, jax.random.key(0), drop=False)
+    np.testing.assert_allclose(np.asarray(cond).reshape(6, 2, 2, 96),
+                               ((pooled - pooled.mean(0)) / np.sqrt(pooled.var(0) + 1e-6)).reshape(6, 2, 2, 96),
+                               atol=1e-3)
+    np.testing.assert_allclose(np.asarray(cond).mean(0), 0.0, atol=1e-4)  # standardised over these 12 views
+    with pytest.raises(ValueError, match="needs cond.kind='image'"):
+        make_task(_config(view_records, vae_dirs, **{"cond.kind": "features", "cond.pool": "cls_mean"}))
+    with pytest.raises(ValueError, match="cond.pool must be one of"):
+        make_task(_config(view_records, vae_dirs, **{"cond.pool": "mean"}))
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_image_conditioned_stage_trains_and_samples(view_records, vae_dirs, tmp_path, standardize):
+    over = {"cond.pool": "cls_mean", "cond.standardize": True} if standardize else {}
+    config = _config(view_records, vae_dirs, **{"sample_at_end": True, "num_samples": 2, **over})
     run(config, tmp_path / "wd", mesh=one_device())
+    assert (tmp_path / "wd" / "cond_stats.npz").is_file() == standardize
     rows = [json.loads(line) for line in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 3 and all(np.isfinite(losses))

@@ -49,6 +49,8 @@ def input_infos(inputs: dict, n: int) -> list[dict]:
 
 
 COND_KINDS = ("class", "features", "image")
+COND_POOLS = ("", "cls_mean")
+COND_STATS_FILE = "cond_stats.npz"  # cond.standardize: the training-set statistics, in the stage's workdir
 
 
 def encoder_overrides(cond) -> dict:
@@ -99,6 +101,17 @@ def encode_images(encoder: nn.Module, variables, images, tap: str) -> jax.Array:
     b, k = images.shape[:2]
     x = images.reshape((b * k,) + images.shape[2:])
     return jax.lax.stop_gradient(encode_condition(encoder, jax.lax.stop_gradient(variables), x, tap))
+
+
+def pool_tokens(tokens: jax.Array, pool: str, num_register_tokens: int = 0) -> jax.Array:
+    """``cond.pool`` of condition tokens ``[N, T, C]`` in DINO's order ``[CLS, registers, patches]``: ``""`` keeps
+    them all; ``"cls_mean"`` gives ``[N, 2, C]``, the CLS token and the mean of the patch tokens (registers left
+    out), the two features DINOv2's linear-probe head reads."""
+    if pool == "":
+        return tokens
+    if pool == "cls_mean":
+        return jnp.stack([tokens[:, 0], tokens[:, 1 + num_register_tokens:].mean(axis=1)], axis=1)
+    raise ValueError(f"cond.pool must be one of {COND_POOLS}, got {pool!r}")
 
 
 def first_view(batch: dict) -> dict:
@@ -164,6 +177,12 @@ class Task(abc.ABC):
     def frozen_variables(self) -> dict:
         """Non-trainable variables of the trained models, computed from the config alone (e.g. TRELLIS's
         ``pos_emb`` buffer); they sit beside :meth:`load_frozen`'s output in ``frozen``. Default: none."""
+        return {}
+
+    def workdir_frozen(self, frozen: dict, workdir, *, compute: bool) -> dict:
+        """Frozen inputs a training run derives from its data once and keeps in the stage's ``workdir`` (read
+        back by sampling and evaluation; with ``compute``, made when missing); they sit beside :meth:`load_frozen`'s
+        output in ``frozen``. Default: none."""
         return {}
 
     @abc.abstractmethod
@@ -234,6 +253,15 @@ class FlowTask(Task):
         c = config.cond
         if c.kind not in COND_KINDS:
             raise ValueError(f"cond.kind must be one of {COND_KINDS}, got {c.kind!r}")
+        if c.pool not in COND_POOLS:
+            raise ValueError(f"cond.pool must be one of {COND_POOLS}, got {c.pool!r}")
+        if c.pool and c.kind != "image":
+            raise ValueError(f"cond.pool={c.pool!r} pools an image encoder's tokens: it needs cond.kind='image', "
+                             f"not {c.kind!r}")
+        if c.standardize and c.kind == "class":
+            raise ValueError("cond.standardize standardises image or feature tokens; cond.kind='class' has none")
+        if c.standardize and c.stats_examples < 2:
+            raise ValueError(f"cond.stats_examples must be >= 2 with cond.standardize, got {c.stats_examples}")
         self.vae: Optional[dict] = None  # role -> module, set by load_frozen
         # image: the frozen image encoder (jaxshape.models.DinoViT); its variables are loaded by load_frozen
         self.encoder = build(c.encoder, **encoder_overrides(c)) if c.kind == "image" else None
@@ -354,21 +382,74 @@ class FlowTask(Task):
     def condition(self, params, frozen, batch, rng, drop: bool):
         """The condition tokens of a batch: learned label tokens, the records' features, or (``image``) the frozen
         encoder's tokens of ``cond_image [B, k, S, S, 3]`` -- ``[B·k, T, C]``, example-major (PartPacker's
-        ``repeat_interleave`` order), under ``stop_gradient``. With ``drop``, CFG dropout to the null condition
-        (the null label; zeros for features and images, after the encoder's LayerNorm) with ``cond.p_uncond``."""
+        ``repeat_interleave`` order), under ``stop_gradient``, pooled by ``cond.pool``; with ``cond.standardize``,
+        minus the training-set mean and over the std of each (token, channel) (``frozen["cond_stats"]``,
+        :meth:`workdir_frozen`). With ``drop``, CFG dropout to the null condition (the null label; zeros for
+        features and images, after the encoder's LayerNorm and any standardisation) with ``cond.p_uncond``."""
         c = self.config.cond
         if c.kind == "class":
             labels = batch["class_label"].astype(jnp.int32)
             if drop:
                 labels = jnp.where(jax.random.uniform(rng, labels.shape) < c.p_uncond, c.num_classes, labels)
             return self.conditioner.apply({"params": params["conditioner"]}, labels)
-        if c.kind == "image":
-            feats = encode_images(self.encoder, frozen["encoder"], batch["cond_image"], c.tap)
-        else:
-            feats = batch["cond_features"].astype(jnp.float32)
+        feats = self.condition_tokens(frozen, batch)
+        if c.standardize:
+            stats = frozen["cond_stats"]
+            feats = (feats - stats["mean"]) / stats["std"]
         if drop:
             feats = flow.cfg_dropout(rng, feats, jnp.zeros_like(feats[:1]), c.p_uncond)
         return feats
+
+    def condition_tokens(self, frozen, batch) -> jax.Array:
+        """The image or feature condition tokens before ``cond.standardize``: the frozen encoder's ``cond.tap``
+        of every view, pooled by ``cond.pool`` (``[B·k, T, C]``), or the records' ``cond_features``."""
+        c = self.config.cond
+        if c.kind == "image":
+            return pool_tokens(encode_images(self.encoder, frozen["encoder"], batch["cond_image"], c.tap), c.pool,
+                               self.encoder.num_register_tokens)
+        return batch["cond_features"].astype(jnp.float32)
+
+    def workdir_frozen(self, frozen: dict, workdir, *, compute: bool) -> dict:
+        """With ``cond.standardize``: ``{"cond_stats": {"mean", "std"}}``, the per-(token, channel) statistics of
+        the condition tokens over the first ``cond.stats_examples`` training examples (every view the data draws
+        for them), read from ``workdir / cond_stats.npz`` or, with ``compute``, computed and written there (by
+        process 0; every process computes the same from the same examples). ``frozen``: :meth:`load_frozen`'s."""
+        c = self.config.cond
+        if not c.standardize:
+            return {}
+        path = Path(workdir) / COND_STATS_FILE
+        if path.is_file():
+            with np.load(path) as z:
+                return {"cond_stats": {"mean": jnp.asarray(z["mean"]), "std": jnp.asarray(z["std"])}}
+        if not compute:
+            raise FileNotFoundError(f"cond.standardize is on but {path} is missing: the training run of this stage "
+                                    f"writes it before its first step")
+        it = make_data_iterator(self.config.data, self.cond_fields, self.family, process_index=0, process_count=1,
+                                one_epoch=True, split="train", views=self.view_config())
+        tokens = jax.jit(self.condition_tokens)
+        total = total_sq = None
+        n = seen = 0
+        for batch in it:
+            take = min(len(batch[self.cond_fields[0]]), c.stats_examples - seen)
+            f = np.asarray(tokens(frozen, {k: np.asarray(batch[k])[:take] for k in self.cond_fields}), np.float64)
+            total = f.sum(0) if total is None else total + f.sum(0)
+            total_sq = (f ** 2).sum(0) if total_sq is None else total_sq + (f ** 2).sum(0)
+            n += len(f)
+            seen += take
+            if seen >= c.stats_examples:
+                break
+        if n < 2:
+            raise ValueError(f"cond.standardize needs at least 2 training examples for its statistics, the data has "
+                             f"{n}")
+        mean = total / n
+        std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0) + 1e-6)
+        if jax.process_index() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, mean=mean.astype(np.float32), std=std.astype(np.float32), examples=seen, tokens=n)
+            tmp.replace(path)
+        log.info("cond.standardize: condition statistics over %d views of %d training examples -> %s", n, seen, path)
+        return {"cond_stats": {"mean": jnp.asarray(mean, jnp.float32), "std": jnp.asarray(std, jnp.float32)}}
 
     def uncondition(self, params, batch_size: int, like=None):
         c = self.config.cond
@@ -386,8 +467,7 @@ class FlowTask(Task):
             params["conditioner"] = self.conditioner.init(k_cond, jnp.zeros((b,), jnp.int32))["params"]
             cond = jnp.zeros((b, self.config.cond.tokens, self.cond_channels))
         elif self.config.cond.kind == "image":
-            cond = jax.eval_shape(lambda e, im: encode_images(self.encoder, e, im, self.config.cond.tap),
-                                  external["encoder"], batch["cond_image"][:, :1])
+            cond = jax.eval_shape(self.condition_tokens, external, {"cond_image": batch["cond_image"][:, :1]})
             cond = jnp.zeros(cond.shape, jnp.float32)
         else:
             cond = batch["cond_features"].astype(jnp.float32)
