@@ -60,7 +60,7 @@ def test_auto_formulation_choices():
         assert C.auto_formulation(32, 32, 3, big, backend=backend) == "lax"
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 8, 8), (2, 3, 5, 2), (1, 1, 1, 1)])
+@pytest.mark.parametrize("shape", [pytest.param((1, 8, 8, 8), marks=pytest.mark.slow), (2, 3, 5, 2), (1, 1, 1, 1)])
 def test_winograd_conv_equals_lax_conv_at_even_odd_and_unit_sizes(shape):
     """Winograd F(2, 3) at released-like widths (rounding grows with the 27·in-term sums) and at odd sizes, which
     it pads to even and crops."""

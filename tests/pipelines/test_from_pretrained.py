@@ -168,6 +168,7 @@ def test_errors_name_the_missing_file(tmp_path):
         from_pretrained(sds_root)
 
 
+@pytest.mark.slow
 def test_trellis2_folder(tmp_path):
     from tests.torch_reference import trellis2_ss_flow as T2
     from tests.utils import max_rel_err

@@ -72,6 +72,7 @@ def _eval_rows(workdir):
     return [r for r in rows if any(k.startswith("eval/") for k in r)]
 
 
+@pytest.mark.slow
 def test_vae_evaluation_logged_and_equal_to_an_independent_computation(evaluated):
     """Steps 2 and 3 logged; the step-3 numbers equal IoU / Chamfer / F computed here from the EMA params."""
     wd = evaluated["dirs"]["ss_vae"]
@@ -102,6 +103,7 @@ def test_vae_evaluation_logged_and_equal_to_an_independent_computation(evaluated
     assert last["eval/recon_empty"] == 1 - len(keep) / 4
 
 
+@pytest.mark.slow
 def test_flow_bucket_losses_equal_the_interpolant_by_hand(evaluated):
     """``eval/mse_t0.5`` = the flow MSE at t = 0.5 with the evaluator's fixed noise, recomputed here; sample
     metrics at the last step only; evaluating twice gives identical numbers."""
@@ -130,6 +132,7 @@ def test_flow_bucket_losses_equal_the_interpolant_by_hand(evaluated):
             np.testing.assert_allclose(again[k], v, rtol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_writes_the_report(evaluated, tmp_path):
     out = tmp_path / "report"
     assert main(["--workdir", evaluated["dirs"]["ss_flow"], "--num", "4", "--out", str(out)]) == 0

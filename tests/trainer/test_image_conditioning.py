@@ -84,6 +84,7 @@ def test_views_are_drawn_and_preprocessed(view_records):
         draw_views({"id": "m"}, ViewConfig(), rng)
 
 
+@pytest.mark.slow
 def test_encoder_is_frozen_and_the_loss_equals_the_cached_features_path(view_records, vae_dirs):
     task = make_task(_config(view_records, vae_dirs))
     frozen = {**task.frozen_variables(), **task.load_frozen()}
@@ -161,6 +162,7 @@ def test_pooled_standardised_condition_statistics(view_records, vae_dirs, tmp_pa
         make_task(_config(view_records, vae_dirs, **{"cond.pool": "mean"}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("standardize", [False, True])
 def test_image_conditioned_stage_trains_and_samples(view_records, vae_dirs, tmp_path, standardize):
     over = {"cond.pool": "cls_mean", "cond.standardize": True} if standardize else {}

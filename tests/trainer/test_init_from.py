@@ -15,7 +15,8 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-@pytest.mark.parametrize("stage", ["ss_flow", pytest.param("vecset_flow", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["ss_flow", "vecset_flow"])
 def test_init_from_a_workdir_and_a_saved_model(stage, vae_dirs, tmp_path):
     one = make_mesh(1, 1, jax.devices()[:1])
     base = run(_cfg(stage, vae_dirs), tmp_path / "base", mesh=one)

@@ -32,6 +32,7 @@ def _logged_losses(workdir):
     return [json.loads(line)["loss"] for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sample_cli_on_a_pipeline_workdir(vae_dirs, flow_dirs, tmp_path):
     """The CLI picks the flow stage of a pipeline folder, samples class labels 0, 1, 0 (2 classes) and writes a
     mesh, a preview and the occupancy grid per shape; the same seed gives the same shapes."""
@@ -127,6 +128,7 @@ def _official_ss_vae(vae_dir, out):
     return out / "converted"
 
 
+@pytest.mark.slow
 def test_flow_stages_train_on_converted_official_vaes(vae_dirs, flow_dirs, tmp_path):
     """A converted official SS encoder + decoder (a folder holding both, or the two paths) and a converted
     PartPacker ``vae.pt`` are valid ``vae_checkpoint``s: training gives exactly the losses of the workdir VAE

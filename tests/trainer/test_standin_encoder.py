@@ -62,6 +62,7 @@ def _synthetic_views(n, v, size, seed):
     return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_contrastive_training_tells_held_out_instances_apart():
     cfg = se.StandinConfig(image_size=28, num_shapes=64, holdout=16, views=4, steps=120, batch_shapes=16,
                            lr=2e-3, warmup_steps=10, class_weight=0.0)
@@ -79,6 +80,7 @@ def test_contrastive_training_tells_held_out_instances_apart():
     assert set(variables) == {"params"} and "head" not in variables["params"]
 
 
+@pytest.mark.slow
 def test_standin_is_built_once_and_loads_as_the_cond_encoder(gl, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXSHAPE_CACHE", str(tmp_path))
     small = dict(image_size=28, num_shapes=12, holdout=4, views=2, view_size=32, steps=4, warmup_steps=1,

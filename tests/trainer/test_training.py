@@ -152,6 +152,7 @@ def test_invalid_configs_fail_before_compiling(vae_dirs, tmp_path):
         run(_cfg("ss_flow", vae_dirs, vae_checkpoint=vae_dirs["vecset_vae"]), tmp_path / "f", mesh=one)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_full_batch(tmp_path):
     one = make_mesh(1, 1, jax.devices()[:1])
     full = run(_cfg("vecset_vae", progressive_cutoff=False), tmp_path / "full", mesh=one)["losses"]
@@ -162,6 +163,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
     assert np.all(np.isfinite(acc))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["ss_flow", "vecset_flow"])
 def test_pre_encoded_latents_give_the_same_training(stage, vae_dirs, tmp_path):
     """Encoding the dataset once (cached in the workdir) trains exactly like encoding every step."""
@@ -202,6 +204,7 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_allclose([multi_l[s] for s in (1, 2, 3)], [single_l[s] for s in (1, 2, 3)], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_on_a_mesh_of_another_size(tmp_path):
     """3 steps on 8 devices (data 2 x fsdp 4), resumed for 3 more on 1 device == 6 steps on 1 device."""
     one = make_mesh(1, 1, jax.devices()[:1])
@@ -226,6 +229,7 @@ def embedded_records_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("stage", ["ss_vae", "vecset_vae"])
+@pytest.mark.slow
 def test_training_on_prepared_records_sharded(stage, embedded_records_dir, tmp_path):
     """The real pipeline (prepared ArrayRecords -> grain -> device prefetch, batch-sharded) on 8 devices gives
     the 1-device losses."""
@@ -236,6 +240,7 @@ def test_training_on_prepared_records_sharded(stage, embedded_records_dir, tmp_p
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_compute_trains(vae_dirs, tmp_path):
     """bf16 compute with fp32 params: finite, decreasing losses; params stay fp32."""
     out = run(_cfg("ss_flow", vae_dirs, dtype="bfloat16", steps=6), tmp_path, mesh=make_mesh(1, 1, jax.devices()[:1]))

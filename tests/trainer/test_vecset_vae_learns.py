@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from configs import vecset_like
 from jaxshape.data.synthetic import _sdf, _shape, synthetic_example
@@ -54,6 +55,7 @@ def _overfit_iou(model_overrides: dict) -> np.ndarray:
     return np.asarray(volume_iou(np.asarray(pred) > 0, truth))
 
 
+@pytest.mark.slow
 def test_demo_recipe_overfits_four_shapes():
     demo = vecset_like.vae_config("demo").model
     iou = _overfit_iou({"use_ae": demo.get("use_ae", False)})
