@@ -168,9 +168,7 @@ def evaluate_workdir(workdir: str | Path, *, stage: Optional[str] = None, refere
         config.eval.set_points = int(set_points)
     task = make_task(config)
     step = newest_or(stage_dir, step)
-    frozen = task.load_frozen()
-    frozen = jax.device_put({**task.frozen_variables(), **frozen,
-                             **task.workdir_frozen(frozen, stage_dir, compute=False)})
+    frozen = jax.device_put(task.trained_frozen(stage_dir))
     params = jax.device_put(read_train_params(stage_dir / "checkpoints", step=step, ema=ema))
     examples = reference_examples(task, config, config.eval.num_shapes, reference)
     if not isinstance(task, FlowTask):  # a VAE reconstructs `num` shapes

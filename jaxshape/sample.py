@@ -110,9 +110,7 @@ def sample(workdir: str | Path, *, stage: Optional[str] = None, num: int = 8, cf
         raise FileExistsError(f"{out} exists and is not empty; choose another --out (nothing is overwritten)")
 
     params = jax.device_put(read_train_params(stage_dir / "checkpoints", step=step, ema=ema))
-    frozen = task.load_frozen()
-    frozen = jax.device_put({**task.frozen_variables(), **frozen,
-                             **task.workdir_frozen(frozen, stage_dir, compute=False)})
+    frozen = jax.device_put(task.trained_frozen(stage_dir))
     inputs = task.sample_inputs(_lazy_batches(config, task), num)
     n = len(next(iter(inputs.values())))
     if n < num:

@@ -156,6 +156,9 @@ def test_pooled_standardised_condition_statistics(view_records, vae_dirs, tmp_pa
                                ((pooled - pooled.mean(0)) / np.sqrt(pooled.var(0) + 1e-6)).reshape(6, 2, 2, 96),
                                atol=1e-3)
     np.testing.assert_allclose(np.asarray(cond).mean(0), 0.0, atol=1e-4)  # standardised over these 12 views
+    other = make_task(_config(view_records, vae_dirs, **{"cond.standardize": True}))  # all tokens, not pooled
+    with pytest.raises(ValueError, match="statistics .* are for condition tokens"):
+        other.condition({}, frozen, {"cond_image": jnp.asarray(images)}, jax.random.key(0), drop=False)
     with pytest.raises(ValueError, match="needs cond.kind='image'"):
         make_task(_config(view_records, vae_dirs, **{"cond.kind": "features", "cond.pool": "cls_mean"}))
     with pytest.raises(ValueError, match="cond.pool must be one of"):

@@ -185,6 +185,12 @@ class Task(abc.ABC):
         output in ``frozen``. Default: none."""
         return {}
 
+    def trained_frozen(self, stage_dir) -> dict:
+        """Every frozen input of a trained stage, for sampling and evaluation: :meth:`frozen_variables`,
+        :meth:`load_frozen` and what the training run kept in ``stage_dir`` (:meth:`workdir_frozen`)."""
+        frozen = self.load_frozen()
+        return {**self.frozen_variables(), **frozen, **self.workdir_frozen(frozen, stage_dir, compute=False)}
+
     @abc.abstractmethod
     def loss(self, params: dict, frozen: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
         """``(scalar loss, metrics)`` of one (micro-)batch; pure, jitted by the loop."""
@@ -395,6 +401,10 @@ class FlowTask(Task):
         feats = self.condition_tokens(frozen, batch)
         if c.standardize:
             stats = frozen["cond_stats"]
+            if stats["mean"].shape != feats.shape[1:]:  # a workdir's cond_stats.npz from another cond config
+                raise ValueError(f"cond.standardize: the statistics ({COND_STATS_FILE}) are for condition tokens "
+                                 f"{tuple(stats['mean'].shape)}, the condition gives {tuple(feats.shape[1:])}; "
+                                 f"delete the file to recompute it for this cond config")
             feats = (feats - stats["mean"]) / stats["std"]
         if drop:
             feats = flow.cfg_dropout(rng, feats, jnp.zeros_like(feats[:1]), c.p_uncond)
