@@ -22,6 +22,14 @@ Variants (``--config=configs/vecset_like.py:<variant>``):
   token, standardised by their training-set statistics (``cond.pool``, ``cond.standardize``; ``docs/training.md``);
   ``flow_image_demo``: its flow stage alone.
 
+* ``finetune_flow``: PartPacker's released DiT fine-tuned as it was trained: ``flow_image`` with the part
+  embedding (``use_parts``, two 4,096-token volumes per shape from records prepared with ``--parts``), started from
+  the converted ``flow.pt`` (``init_from``, default ``ckpt/partpacker_dit``) on the converted ``vae.pt``
+  (``vae_checkpoint``, default ``ckpt/partpacker_vae``), lr 1e-5 after 500 warm-up steps, EMA 0.999.
+* ``parts_demo``: ``demo`` on the embedded shapes as separate parts (``data.parts``), the flow with two volumes
+  (``use_parts``, part2_only embedding) -- the CPU-size check of the two-volume path; ``parts_flow_demo``: its flow
+  stage alone (give it a vecset VAE with ``--config.vae_checkpoint``).
+
 ``,data=<folder>`` trains every stage on prepared records: ``--config=configs/vecset_like.py:demo,data=data/mine``.
 """
 import ml_collections
@@ -137,5 +145,20 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         return flow_config("released")
     if variant == "flow_image":
         return image_conditioned(flow_config("released"), "dinov2_vitg14", 518, views=2, encoder_dtype="bfloat16")
+    if variant == "finetune_flow":
+        c = image_conditioned(flow_config("released"), "dinov2_vitg14", 518, views=2, encoder_dtype="bfloat16")
+        c.model.use_parts = True  # the released DiT: part2_only embedding on the second volume
+        c.pre_encode = False
+        c.init_from, c.vae_checkpoint = "ckpt/partpacker_dit", "ckpt/partpacker_vae"
+        c.optimizer.lr, c.optimizer.warmup_steps, c.ema_decay = 1e-5, 500, 0.999
+        return c
+    if variant in ("parts_demo", "parts_flow_demo"):
+        cfg = _variant("demo")
+        for c in cfg.stages.values():
+            c.data.parts = True
+        cfg.stages.vecset_flow.model.use_parts = True
+        # the sampled latent of an empty volume has RMS 0.07-0.17, a real volume 1.4-1.9 (docs/training.md)
+        cfg.stages.vecset_flow.sampler.empty_volume_rms = 0.5
+        return cfg if variant == "parts_demo" else cfg.stages.vecset_flow
     raise ValueError(f"unknown variant {variant!r}: demo, long, image_demo, vae_demo, flow_demo, flow_image_demo, vae, "
-                     f"flow, flow_image")
+                     f"flow, flow_image, finetune_flow, parts_demo, parts_flow_demo")

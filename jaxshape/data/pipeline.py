@@ -33,8 +33,9 @@ FAMILY_KEYS = {  # the record fields each family's stages read
     VECSET: ("pointcloud", "normals", "fps_indices", "pointcloud_dorases", "normals_dorases",
                "fps_indices_dorases", "query_points", "query_gt", "class_label", "id"),
 }
-_POINT_KEYS = ("pointcloud", "pointcloud_dorases", "query_points")
-_NORMAL_KEYS = ("normals", "normals_dorases")
+_PARTS = ("", "_part0", "_part1")  # the whole object and PartPacker's two volumes (jaxshape.data.parts)
+_POINT_KEYS = tuple(k + p for p in _PARTS for k in ("pointcloud", "pointcloud_dorases")) + ("query_points",)
+_NORMAL_KEYS = tuple(k + p for p in _PARTS for k in ("normals", "normals_dorases"))
 
 
 @dataclasses.dataclass(frozen=True)

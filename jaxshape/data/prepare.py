@@ -163,14 +163,16 @@ def prepare(inputs: List[str], output: str, cfg: TargetConfig = TargetConfig(), 
 
 
 def embedded_records(n: int = 1000, targets=(SPARSE_STRUCTURE, VECSET), resolution: int = 32, points: int = 4096,
-                     seed: int = 0, workers: int = 0, root: str = None, views: int = 0, view_size: int = 128) -> str:
+                     seed: int = 0, workers: int = 0, root: str = None, views: int = 0, view_size: int = 128,
+                     parts: bool = False) -> str:
     """Prepared records of the first ``n`` embedded shapes (CPU-size targets, ``TargetConfig.small``), built on
     first use under the cache (``jaxshape.data.procedural.cache_dir``) and reused; returns the folder for
     ``jaxshape.data.pipeline``. Resumable like the CLI (an interrupted build continues where it stopped).
-    ``views``: also render that many conditioning views of ``view_size`` px per shape (``prepare --views``)."""
+    ``views``: also render that many conditioning views of ``view_size`` px per shape (``prepare --views``).
+    ``parts``: the shapes as separate parts, with PartPacker's two volumes (``prepare --parts``)."""
     base = TargetConfig.small(resolution, points)
-    cfg = TargetConfig(targets=tuple(targets), resolution=resolution, vecset=base.vecset)
-    tag = f"-v{views}x{view_size}" if views else ""
+    cfg = TargetConfig(targets=tuple(targets), resolution=resolution, vecset=base.vecset, parts=parts)
+    tag = (f"-v{views}x{view_size}" if views else "") + ("-parts" if parts else "")
     out = os.path.join(root or cache_dir(),
                        f"records-{'+'.join(targets)}-r{resolution}-p{points}-n{n}-s{seed}{tag}")
     summary = os.path.join(out, "dataset.json")
@@ -179,7 +181,7 @@ def embedded_records(n: int = 1000, targets=(SPARSE_STRUCTURE, VECSET), resoluti
             s = json.load(fh)
         if s.get("num_inputs") == n and s.get("num_ok", 0) + s.get("num_error", 0) == n:
             return out
-    prepare([], out, cfg, seed=seed, workers=workers or (os.cpu_count() or 1), jobs=embedded_jobs(n, seed),
+    prepare([], out, cfg, seed=seed, workers=workers or (os.cpu_count() or 1), jobs=embedded_jobs(n, seed, parts=parts),
             classes=list(CLASSES), num_views=views, view_size=view_size)
     return out
 
@@ -193,7 +195,7 @@ def build_config(args) -> TargetConfig:
                                            "num_sharp", "tau") if getattr(args, k) is not None}
     vs = VecsetConfig(**{**{f: getattr(vs, f) for f in vs.__dataclass_fields__}, **over})
     return TargetConfig(targets=tuple(args.targets.split(",")), resolution=args.resolution or base.resolution,
-                        vecset=vs, up_axis=args.up_axis,
+                        vecset=vs, up_axis=args.up_axis, parts=args.parts,
                         limits=LoadLimits(max_faces=args.max_faces, max_file_bytes=args.max_file_bytes))
 
 
@@ -213,6 +215,9 @@ def main(argv=None):
         ap.add_argument("--" + k.replace("_", "-"), dest=k, type=int, default=None)
     ap.add_argument("--tau", type=float, default=None)
     ap.add_argument("--up-axis", default="auto", choices=["auto", "z", "y"])
+    ap.add_argument("--parts", action="store_true",
+                    help="vecset: also PartPacker's two volumes of each mesh's parts (its connected components; "
+                         "jaxshape.data.parts), for fine-tuning the released DiT (use_parts)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 0))
     ap.add_argument("--shard-size", type=int, default=256)
@@ -236,7 +241,7 @@ def main(argv=None):
     if args.embedded:
         if classes:
             ap.error("--embedded cannot be combined with --class-from-dir inputs (label spaces would clash)")
-        jobs += embedded_jobs(args.embedded)
+        jobs += embedded_jobs(args.embedded, parts=args.parts)
         classes = list(CLASSES)
     summary = prepare([], args.output, cfg, args.seed, args.workers, args.shard_size, args.timeout,
                       args.retry_errors, features_dir=args.features_dir, views_dir=args.views_dir,

@@ -26,7 +26,8 @@ def records_path(data, family: str) -> str:
         from .prepare import embedded_records
 
         return embedded_records(data.num_shapes, targets=(family,), resolution=data.resolution, points=data.points,
-                                seed=data.seed, views=data.views, view_size=data.view_size)
+                                seed=data.seed, views=data.views, view_size=data.view_size,
+                                parts=data.parts)
     if not data.path:
         raise ValueError("data.path must name a folder written by `python -m jaxshape.data.prepare` when "
                          "data.source='records'")

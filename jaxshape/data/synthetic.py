@@ -41,9 +41,13 @@ def _surface(kind, centre, size, n, rng):
 
 
 def synthetic_example(index: int, seed: int, *, resolution: int = 32, num_points: int = 512, num_salient: int = 128,
-                 num_fps: int = 64, num_fps_salient: int = 32, num_queries: int = 512, tau: float = 0.05) -> dict:
+                 num_fps: int = 64, num_fps_salient: int = 32, num_queries: int = 512, tau: float = 0.05,
+                 parts: bool = False) -> dict:
     """One example with every field both families read (TRELLIS frame [-0.5, 0.5]; vecset frame scaled to
-    [-0.95, 0.95] by 1.9x)."""
+    [-0.95, 0.95] by 1.9x).
+
+    ``parts``: also PartPacker's two-volume encoder inputs (``<key>_part0`` / ``_part1``, ``part_empty``): volume 0
+    is the shape, volume 1 a small sphere beside a box (not in the whole-object fields) and empty for a sphere."""
     kind, centre, size, rng = _shape(index, seed)
     c = (np.arange(resolution) + 0.5) / resolution - 0.5
     grid = np.stack(np.meshgrid(c, c, c, indexing="ij"), -1)
@@ -55,7 +59,7 @@ def synthetic_example(index: int, seed: int, *, resolution: int = 32, num_points
                         _surface(kind, centre, size, num_queries - num_queries // 2, rng) * s
                         + rng.normal(scale=0.02, size=(num_queries - num_queries // 2, 3))])
     sdf = _sdf(kind, centre * s, size * s, q)
-    return {
+    out = {
         "occupancy": shell[..., None].astype(np.float32),
         "pointcloud": pts.astype(np.float32),
         "pointcloud_dorases": sal.astype(np.float32),
@@ -65,6 +69,20 @@ def synthetic_example(index: int, seed: int, *, resolution: int = 32, num_points
         "query_gt": (np.clip(sdf, -tau, tau) / tau).astype(np.float32),
         "class_label": np.int32(kind),
     }
+    if parts:
+        sat_c, sat_r = centre + np.array([0.0, 0.0, size[2] + 0.1]), np.full(3, 0.08)
+        volumes = [(pts, sal), None if kind == 0 else (_surface(0, sat_c, sat_r, num_points, rng) * s,
+                                                        _surface(0, sat_c, sat_r, num_salient, rng) * s)]
+        for k, vol in enumerate(volumes):
+            p, q_ = vol if vol is not None else (np.zeros_like(pts), np.zeros_like(sal))
+            out[f"pointcloud_part{k}"] = p.astype(np.float32)
+            out[f"pointcloud_dorases_part{k}"] = q_.astype(np.float32)
+            out[f"fps_indices_part{k}"] = (fps_reference(p, num_fps) if vol is not None
+                                           else np.zeros(num_fps)).astype(np.int32)
+            out[f"fps_indices_dorases_part{k}"] = (fps_reference(q_, num_fps_salient) if vol is not None
+                                                   else np.zeros(num_fps_salient)).astype(np.int32)
+        out["part_empty"] = np.array([0, kind == 0], np.int8)
+    return out
 
 
 class SyntheticIterator(EpochShuffledIterator):

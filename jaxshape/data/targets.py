@@ -12,10 +12,12 @@ import numpy as np
 from jaxshape.families import FAMILIES, SPARSE_STRUCTURE, VECSET, check_families
 
 from .mesh_io import LoadLimits, TriMesh, load_mesh, normalization_params
-from .vecset import VecsetConfig, vecset_targets
+from .parts import connected_parts, pack_two_volumes
+from .vecset import VecsetConfig, surface_inputs, vecset_targets
 from .voxelize import voxelize_surface
 
-__all__ = ["TargetConfig", "mesh_example", "example_seed", "config_to_json", "config_from_json"]
+__all__ = ["TargetConfig", "mesh_example", "two_volume_inputs", "PART_KEYS", "example_seed", "config_to_json",
+           "config_from_json"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +27,15 @@ class TargetConfig:
     vecset: VecsetConfig = VecsetConfig()
     up_axis: str = "auto"  # auto: glTF Y-up -> Z-up; "z": none; "y": rotate every format
     limits: LoadLimits = LoadLimits()
+    # vecset: also PartPacker's two volumes (jaxshape.data.parts): the encoder inputs of each as
+    # ``<key>_part0`` / ``<key>_part1`` plus ``part_empty [2]`` (1: a volume with no part, all zeros)
+    parts: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "targets", check_families(self.targets, "TargetConfig.targets"))
+        if self.parts and VECSET not in self.targets:
+            raise ValueError(f"TargetConfig.parts packs the vecset targets into two volumes: it needs {VECSET!r} "
+                             f"in targets, got {tuple(self.targets)}")
 
     @staticmethod
     def small(resolution: int = 32, points: int = 4096) -> "TargetConfig":
@@ -54,6 +62,30 @@ def config_from_json(d: dict) -> TargetConfig:
 def example_seed(seed: int, mesh_id: str) -> np.random.SeedSequence:
     h = int.from_bytes(hashlib.sha256(mesh_id.encode()).digest()[:8], "little")
     return np.random.SeedSequence([int(seed), h])
+
+
+PART_KEYS = ("pointcloud", "normals", "fps_indices", "pointcloud_dorases", "normals_dorases", "fps_indices_dorases")
+
+
+def two_volume_inputs(v, f, cfg: VecsetConfig, like: dict, seed, stats: dict) -> dict:
+    """PartPacker's two-volume encoder inputs of a normalised mesh: ``<key>_part0`` / ``_part1`` for the keys of
+    :data:`PART_KEYS` and ``part_empty`` int8 ``[2]``; an empty volume is zeros shaped like ``like``'s (the whole
+    object's) arrays. Adds the packing's counts to ``stats``."""
+    rng = np.random.default_rng(seed)
+    packed = pack_two_volumes(v, f, rng=rng)
+    out, empty = {}, []
+    for k, (pv, pf) in enumerate(packed.volumes):
+        empty.append(len(pf) == 0)
+        arrays = {key: np.zeros_like(like[key]) for key in PART_KEYS} if empty[-1] \
+            else surface_inputs(pv, pf, cfg, rng)[0]
+        for key in PART_KEYS:
+            if arrays[key].shape != like[key].shape:
+                raise ValueError(f"volume {k}: {key} has shape {arrays[key].shape}, the whole object's "
+                                 f"{like[key].shape}")
+            out[f"{key}_part{k}"] = arrays[key].astype(like[key].dtype)
+    out["part_empty"] = np.asarray(empty, np.int8)
+    stats.update({f"parts_{k}": val for k, val in packed.info.items()})
+    return out
 
 
 def mesh_example(source, cfg: TargetConfig, seed: int = 0, mesh_id: Optional[str] = None, class_label: int = -1,
@@ -91,12 +123,19 @@ def mesh_example(source, cfg: TargetConfig, seed: int = 0, mesh_id: Optional[str
         stats["t_occupancy"] = round(time.perf_counter() - t, 4)
     if VECSET in cfg.targets:
         t = time.perf_counter()
-        vs, info = vecset_targets((v - cp) * sp, f, cfg.vecset, rng, watertight=bool(mesh.stats.get("watertight")))
+        # ray parity is exact only for one closed surface: overlapping closed parts take the winding number
+        single = len(f) == 0 or int(connected_parts(f, len(v)).max()) == 0
+        vs, info = vecset_targets((v - cp) * sp, f, cfg.vecset, rng,
+                                  watertight=bool(mesh.stats.get("watertight")) and single)
         ex.update(vs)
         stats.update(info)
         stats["t_vecset"] = round(time.perf_counter() - t, 4)
         g = vs["query_gt"]
         stats["query_inside_frac"] = round(float((g > 0).mean()), 4)
+    if cfg.parts:
+        t = time.perf_counter()
+        ex.update(two_volume_inputs((v - cp) * sp, f, cfg.vecset, ex, example_seed(seed, mesh_id + "#parts"), stats))
+        stats["t_parts"] = round(time.perf_counter() - t, 4)
     for k, val in (features or {}).items():
         ex[k] = val if isinstance(val, list) else np.asarray(val)  # lists: e.g. PNG bytes of views
     return ex, stats

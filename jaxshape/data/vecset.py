@@ -33,7 +33,7 @@ import numpy as np
 
 __all__ = ["sample_surface", "fps", "fps_reference", "sharp_edges", "sample_salient", "make_queries",
            "inside_winding", "signed_distance", "unsigned_distance", "inside_raycast", "tsdf", "VecsetConfig",
-           "vecset_targets", "face_normals"]
+           "vecset_targets", "surface_inputs", "face_normals"]
 
 try:  # optional fast FPS
     import fpsample as _fpsample
@@ -269,20 +269,14 @@ class VecsetConfig:
     sign: str = "auto"  # auto: raycast for watertight meshes, winding number otherwise
 
 
-def vecset_targets(v, f, cfg: VecsetConfig, rng: np.random.Generator, watertight: bool = False):
-    """All vecset arrays for a mesh already normalised to the PartPacker frame."""
-    v = np.asarray(v, np.float64)
-    f = np.asarray(f, np.int64)
+def surface_inputs(v, f, cfg: VecsetConfig, rng: np.random.Generator) -> tuple[dict, dict, tuple]:
+    """The VAE encoder's inputs of a mesh: ``(arrays, info, (surface samples, normals, salient samples))`` --
+    ``pointcloud`` / ``normals`` / ``fps_indices`` and their ``_dorases`` (salient) counterparts."""
     pts, nrm, _ = sample_surface(v, f, cfg.num_surface, rng)
     pool = fps(pts, cfg.num_points, start=None, exact=False, rng=rng) if cfg.num_points < len(pts) \
         else np.arange(len(pts))
     pc, pcn = pts[pool], nrm[pool]
     sal, saln, info = sample_salient(v, f, cfg.num_salient, rng, pts, nrm, cfg.sharp_angle, cfg.min_sharp_length)
-    q = make_queries(rng, pts, sal if len(sal) else pts, cfg.num_volume, cfg.num_near, cfg.num_sharp,
-                     cfg.near_sigmas, cfg.sharp_sigmas, cfg.query_bound)
-    sign = cfg.sign if cfg.sign != "auto" else ("raycast" if watertight else "winding")
-    info["sign_method"] = sign
-    gt = tsdf(v, f, q, cfg.tau, cfg.query_bound, sign)
     out = {
         "pointcloud": pc.astype(np.float32),
         "normals": pcn.astype(np.float32),
@@ -291,9 +285,24 @@ def vecset_targets(v, f, cfg: VecsetConfig, rng: np.random.Generator, watertight
         "normals_dorases": saln.astype(np.float32),
         "fps_indices_dorases": fps(sal, cfg.num_fps_salient, start=0, exact=True) if len(sal)
         else np.zeros((0,), np.int64),
+    }
+    return out, info, (pts, sal)
+
+
+def vecset_targets(v, f, cfg: VecsetConfig, rng: np.random.Generator, watertight: bool = False):
+    """All vecset arrays for a mesh already normalised to the PartPacker frame."""
+    v = np.asarray(v, np.float64)
+    f = np.asarray(f, np.int64)
+    out, info, (pts, sal) = surface_inputs(v, f, cfg, rng)
+    q = make_queries(rng, pts, sal if len(sal) else pts, cfg.num_volume, cfg.num_near, cfg.num_sharp,
+                     cfg.near_sigmas, cfg.sharp_sigmas, cfg.query_bound)
+    sign = cfg.sign if cfg.sign != "auto" else ("raycast" if watertight else "winding")
+    info["sign_method"] = sign
+    gt = tsdf(v, f, q, cfg.tau, cfg.query_bound, sign)
+    out.update({
         "query_points": q.astype(np.float32),
         "query_gt": gt.astype(np.float32),
         "query_counts": np.array([cfg.num_volume, cfg.num_near, cfg.num_sharp], np.int64),
         "salient_fallback": np.int64(info["salient_fallback"]),
-    }
+    })
     return out, info

@@ -30,6 +30,7 @@ def _data_config() -> ConfigDict:
     d.num_shapes = 1000  # embedded set: how many shapes
     d.views = 0  # embedded set: conditioning views rendered per shape (prepare --views; cond.kind="image")
     d.view_size = 128  # embedded set: their side in pixels
+    d.parts = False  # embedded set: shapes as separate parts with PartPacker's two volumes (prepare --parts)
     d.num_queries = ()  # vecset: (volume, near, sharp) TSDF queries drawn per example; () = every stored query
     # fraction of shapes held out of training for evaluation, chosen by a stable hash of the mesh id
     # (jaxshape.data.records.holdout_mask); synthetic: that many fresh shapes. 0: train on everything
@@ -171,7 +172,8 @@ def stage_config(stage: str) -> ConfigDict:
                 rescale_t=3.0,  # TRELLIS time rescaling of the grid
             ))
         elif stage == VECSET_FLOW:
-            c.latent_tokens = ()  # (uniform, salient) FPS-prefix latent tokens per shape; () = all encoded
+            # (uniform, salient) FPS-prefix latent tokens per shape (per volume with model.use_parts); () = all encoded
+            c.latent_tokens = ()
             c.flow = ConfigDict(dict(
                 mean=1.0,  # logit-normal mean of the σ table index
                 std=1.0,  # logit-normal std
@@ -181,6 +183,9 @@ def stage_config(stage: str) -> ConfigDict:
                 steps=30,  # Euler steps
                 cfg_strength=7.0,  # guidance w in v_u + w·(v_c − v_u)
                 grid_resolution=64,  # TSDF grid of (R+1)³ queries per shape
+                # model.use_parts: a sampled volume whose latent RMS is below this has no surface (the VAE decodes
+                # the all-zero latent of an empty volume to a small blob); 0: decode every volume (upstream)
+                empty_volume_rms=0.0,
             ))
     return c
 

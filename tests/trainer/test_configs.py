@@ -11,10 +11,11 @@ CONFIGS = REPO / "configs"
 VARIANTS = {"trellis_like.py": ["demo", "long", "image_demo", "vae_demo", "flow_demo", "flow_image_demo", "vae",
                                  "flow_L", "flow_B", "flow_XL", "flow_L_image", "finetune_flow_L"],
             "vecset_like.py": ["demo", "long", "image_demo", "vae_demo", "flow_demo", "flow_image_demo", "vae", "flow",
-                               "flow_image"]}
+                               "flow_image", "finetune_flow", "parts_demo", "parts_flow_demo"]}
 IMAGE = {"flow_L_image": ("dinov2_vitl14_reg", 1, "trellis", 1024),
          "finetune_flow_L": ("dinov2_vitl14_reg", 1, "trellis", 1024),
          "flow_image": ("dinov2_vitg14", 2, "partpacker", 1536),
+         "finetune_flow": ("dinov2_vitg14", 2, "partpacker", 1536),
          "image_demo": ("dinov2_tiny", None, None, 96), "flow_image_demo": ("dinov2_tiny", None, None, 96)}
 MODEL = {"ss_flow": "SparseStructureFlowModel", "vecset_vae": "VecSetVAE", "vecset_flow": "VecSetDiT"}
 
@@ -52,6 +53,14 @@ def test_config_variant_builds(name, variant):
         assert cfg.init_from.endswith("ss_flow_img_dit_L_16l8_fp16")
         assert expected_state_dict_shapes(models.SparseStructureFlowModel(**cfg.model)) == \
             expected_state_dict_shapes(models.build("ss_flow_img_dit_L_16l8_fp16"))
+    if variant == "finetune_flow":  # PartPacker's released DiT (use_parts), so the converted flow.pt loads into it
+        from jaxshape.convert.state_dict import expected_state_dict_shapes
+
+        assert cfg.model.use_parts and cfg.init_from and cfg.vae_checkpoint
+        assert expected_state_dict_shapes(models.VecSetDiT(**cfg.model)) == \
+            expected_state_dict_shapes(models.build("partpacker_dit"))
+    if variant.startswith("parts_"):
+        assert all(c.data.parts for c in stages) and stages[-1].model.use_parts
     image_stages = [c for c in stages if c.stage.endswith("flow") and c.cond.kind == "image"]
     assert bool(image_stages) == (variant in IMAGE)
     with pytest.raises(ValueError, match="unknown variant"):

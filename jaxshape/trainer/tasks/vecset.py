@@ -15,8 +15,19 @@ from jaxshape.trainer.tasks.base import VECSET_INPUT_KEYS, FlowTask, VAETask, bu
 
 
 def tsdf_shapes(grids: list) -> list[Shape]:
-    """Meshes (marching cubes at 0) of decoded vecset TSDF grids."""
-    return [Shape(*extract_mesh(g)) for g in grids]
+    """Meshes (marching cubes at 0) of decoded vecset TSDF grids; a pair of grids (PartPacker's two volumes) is
+    one shape, the two volumes' meshes together (``info["volume_faces"]``: the faces of each)."""
+    out = []
+    for g in grids:
+        if not isinstance(g, tuple):
+            out.append(Shape(*extract_mesh(g)))
+            continue
+        meshes = [extract_mesh(x) for x in g]
+        offsets = np.cumsum([0] + [len(v) for v, _ in meshes])
+        out.append(Shape(np.concatenate([v for v, _ in meshes]).astype(np.float32),
+                         np.concatenate([f + o for (_, f), o in zip(meshes, offsets)]).astype(np.int64),
+                         info={"volume_faces": [int(len(f)) for _, f in meshes]}))
+    return out
 
 
 def pointcloud_reference_points(examples: dict, n: int, seed: int) -> np.ndarray:
@@ -127,16 +138,28 @@ class VecSetVAETask(_VecsetEval, VAETask):
         return grids, np.asarray(iou)
 
 
+VOLUMES = ("_part0", "_part1")
+
+
 class VecSetFlowTask(_VecsetEval, FlowTask):
+    """With ``model.use_parts`` (PartPacker's released DiT): two latent volumes per shape, the VAE encoding of each
+    volume's inputs (``<key>_part0`` / ``_part1``, ``prepare --parts``) concatenated along the tokens, an empty
+    volume (``part_empty``) an all-zero latent (upstream: ``nan_to_num`` of encoding nothing); samples decode each
+    half and mesh the two volumes together."""
     stage = VECSET_FLOW
     family = VECSET
     vae_parts = {"vae": "VecSetVAE"}
-    encoder_fields = VECSET_INPUT_KEYS
 
     def __init__(self, config):
         super().__init__(config)
         self.model = build_model("VecSetDiT", config.model, config)
         self._init_conditioner(self.cond_channels)
+
+    @property
+    def encoder_fields(self) -> tuple:
+        if not self.model.use_parts:
+            return VECSET_INPUT_KEYS
+        return tuple(k + p for p in VOLUMES for k in VECSET_INPUT_KEYS) + ("part_empty",)
 
     @property
     def cond_channels(self):
@@ -159,7 +182,20 @@ class VecSetFlowTask(_VecsetEval, FlowTask):
     def latents(self, frozen, batch):
         if "latent" in batch:  # pre-encoded
             return batch["latent"].astype(jnp.float32)
-        data = {k: batch[k] for k in VECSET_INPUT_KEYS}
+        if not self.model.use_parts:
+            return self._encode(frozen, {k: batch[k] for k in VECSET_INPUT_KEYS})
+        if "part_empty" not in batch:
+            raise ValueError("vecset_flow with model.use_parts reads two volumes per shape (<key>_part0 / _part1 and "
+                             "part_empty): prepare the data with `python -m jaxshape.data.prepare --parts` "
+                             "(embedded set: data.parts=True)")
+        volumes = []
+        for i, p in enumerate(VOLUMES):
+            z = self._encode(frozen, {k: batch[k + p] for k in VECSET_INPUT_KEYS})
+            volumes.append(jnp.where(batch["part_empty"][:, i, None, None] > 0, 0.0, z))
+        return jnp.concatenate(volumes, axis=1)
+
+    def _encode(self, frozen, data):
+        """The frozen VAE's posterior means of one volume's inputs at :meth:`latent_tokens` tokens."""
         n, m = self.latent_tokens()
         have = (data["fps_indices"].shape[1], data["fps_indices_dorases"].shape[1])
         if have[0] < n or have[1] < m:
@@ -186,7 +222,7 @@ class VecSetFlowTask(_VecsetEval, FlowTask):
         return x_t, target, 1000.0 * sigma
 
     def latent_shape(self, frozen):
-        return (sum(self.latent_tokens()), self.model.latent_dim)
+        return (sum(self.latent_tokens()) * (2 if self.model.use_parts else 1), self.model.latent_dim)
 
     def sampler_args(self):
         s = self.config.sampler
@@ -194,7 +230,19 @@ class VecSetFlowTask(_VecsetEval, FlowTask):
                     convention="partpacker")
 
     def decode(self, frozen, z):
-        return decode_grids(self._vae("vae"), frozen["vae"]["vae"], z, self.config.sampler.grid_resolution)
+        def grids(x):
+            return decode_grids(self._vae("vae"), frozen["vae"]["vae"], x, self.config.sampler.grid_resolution)
+
+        if not self.model.use_parts:
+            return grids(z)
+        half = z.shape[1] // 2
+        volumes = []
+        for x in (z[:, :half], z[:, half:]):
+            rms = np.sqrt(np.mean(np.square(np.asarray(x, np.float64)), axis=(1, 2)))
+            out = grids(x)
+            volumes.append([np.full_like(g, -1.0) if r < self.config.sampler.empty_volume_rms else g
+                            for g, r in zip(out, rms)])
+        return list(zip(*volumes))
 
     def to_meshes(self, outputs):
         return tsdf_shapes(outputs)
