@@ -18,6 +18,12 @@ Variants (``--config=configs/trellis_like.py:<variant>``):
   ``ckpt/ss_flow_img_dit_L_16l8_fp16``: ``python -m jaxshape.convert --config ss_flow_img_dit_L_16l8_fp16.json
   --weights ss_flow_img_dit_L_16l8_fp16.safetensors --out ckpt/ss_flow_img_dit_L_16l8_fp16``), at a fine-tuning
   learning rate (1e-5 after 500 warm-up steps, EMA 0.999); the frozen VAE and DINO weights as for ``flow_L_image``.
+* ``flow_1_3B_image``: TRELLIS.2's stage-1 flow (``ss_flow_img_dit_1_3B_64_bf16``: 1.3 B, RoPE, on TRELLIS's 16³×8
+  SS-VAE latents) trained as ``configs/gen/ss_flow_img_dit_1_3B_64_bf16.json`` does: one random view per example
+  with TRELLIS.2's training crop (``cond.preprocess="trellis2_train"``: bbox of alpha > 0, no margin, 512 px, on
+  black), the frozen DINOv3 ViT-L/16 (``LN`` of every token: 1 + 4 + 1024 × 1024), CFG dropout 0.1, AdamW 1e-4
+  (weight decay 0.01, β2 0.95), EMA 0.9999. ``finetune_flow_1_3B``: it started from the released flow
+  (``init_from``, default ``ckpt/ss_flow_img_dit_1_3B_64_bf16``), 1e-5 after 500 warm-up steps, EMA 0.999.
 * ``image_demo``: ``demo`` with the flow conditioned on images: 8 views of 128 px rendered per embedded shape, one
   drawn per step at 112 px, read by the random-init ``dinov2_tiny`` stand-in (``docs/training.md``);
   ``flow_image_demo``: its flow stage alone.
@@ -134,10 +140,22 @@ def _variant(variant: str) -> ml_collections.ConfigDict:
         return flow_config(variant.split("_")[1])
     if variant == "flow_L_image":
         return image_conditioned(flow_config("L"), "dinov2_vitl14_reg", 518)
+    if variant in ("flow_1_3B_image", "finetune_flow_1_3B"):
+        c = stage_config("ss_flow")
+        model = released_args("ss_flow_img_dit_1_3B_64_bf16")[1]
+        model["use_checkpoint"] = True  # remat the scanned blocks
+        c.model = ml_collections.ConfigDict(model)
+        image_conditioned(c, "dinov3_vitl16", 512)
+        c.cond.preprocess = "trellis2_train"  # its dataset's crop, not its pipeline's
+        c.optimizer.weight_decay, c.optimizer.b2 = 0.01, 0.95
+        if variant == "finetune_flow_1_3B":
+            c.init_from = "ckpt/ss_flow_img_dit_1_3B_64_bf16"
+            c.optimizer.lr, c.optimizer.warmup_steps, c.ema_decay = 1e-5, 500, 0.999
+        return c
     if variant == "finetune_flow_L":
         c = image_conditioned(flow_config("L"), "dinov2_vitl14_reg", 518)
         c.init_from = "ckpt/ss_flow_img_dit_L_16l8_fp16"
         c.optimizer.lr, c.optimizer.warmup_steps, c.ema_decay = 1e-5, 500, 0.999
         return c
     raise ValueError(f"unknown variant {variant!r}: demo, long, image_demo, vae_demo, flow_demo, flow_image_demo, vae, "
-                     f"flow_L, flow_B, flow_XL, flow_L_image, finetune_flow_L")
+                     f"flow_L, flow_B, flow_XL, flow_L_image, finetune_flow_L, flow_1_3B_image, finetune_flow_1_3B")

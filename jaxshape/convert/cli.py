@@ -59,6 +59,23 @@ def convert(name: str | None, args: dict, weights: str | Path, out: str | Path, 
     return save(out, module, variables)
 
 
+TRELLIS2_ONLY_ARGS = ("initialization", "rope_freq", "dtype")  # in TRELLIS.2's flow JSON, never in TRELLIS's
+
+
+def model_json_args(path: str | Path) -> tuple[str, dict, str | None]:
+    """``(class name, constructor args, compute dtype)`` of a TRELLIS / TRELLIS.2 model JSON. Both upstreams name
+    their flow ``SparseStructureFlowModel``; a JSON with TRELLIS.2's own fields (``initialization``,
+    ``rope_freq``, ``dtype``; TRELLIS has ``use_fp16`` instead) is TRELLIS.2's module (``upstream="trellis2"``), and
+    its ``dtype`` is returned as the compute dtype."""
+    name, args = read_model_json(path)
+    dtype = None
+    if name == "SparseStructureFlowModel" and "upstream" not in args and "use_fp16" not in args \
+            and any(k in args for k in TRELLIS2_ONLY_ARGS):
+        args["upstream"] = "trellis2"
+        dtype = args.pop("dtype", None)
+    return name, args, dtype
+
+
 def _with_rebuilt_buffers(module, state_dict: dict) -> dict:
     """TRELLIS.2 loads checkpoints with ``strict=False`` and rebuilds its ``rope_phases`` buffer at construction: a
     file without it gets the module's own (the one buffer upstream may omit; every parameter stays required)."""
@@ -83,15 +100,17 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default=None, help="compute dtype stored with the model (default: upstream rule)")
     p.add_argument("--out", required=True, help="output directory (must not exist)")
     a = p.parse_args(argv)
+    json_dtype = None
     if a.config:
-        name, args = read_model_json(a.config)
+        name, args, json_dtype = model_json_args(a.config)
     elif a.model:
         name, args = a.model, json.loads(a.args)
     elif Path(a.weights).is_dir():
         name, args = None, {}
     else:
         p.error("give --config or --model (or --weights with an HF model folder)")
-    out = convert(name, args, a.weights, a.out, prefix=a.prefix, param_dtype=a.param_dtype, dtype=a.dtype)
+    out = convert(name, args, a.weights, a.out, prefix=a.prefix, param_dtype=a.param_dtype,
+                  dtype=a.dtype or json_dtype)
     print(f"wrote {out}")
     return 0
 

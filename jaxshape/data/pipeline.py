@@ -48,16 +48,20 @@ class AugmentConfig:
     occupancy_flips: bool = False
 
 
-IMAGE_PREPROCESS = ("trellis", "partpacker")
+# the rules a view goes through: the pipelines' ("trellis", "trellis2", "partpacker") and the crops of TRELLIS's
+# and TRELLIS.2's training datasets ("trellis_train": 1.2 margin, "trellis2_train": none; bbox of alpha > 0)
+IMAGE_PREPROCESS = ("trellis", "trellis2", "partpacker", "trellis_train", "trellis2_train")
 
 
 @dataclasses.dataclass(frozen=True)
 class ViewConfig:
     """Image conditioning from the records' rendered views: per example ``count`` views drawn at random (distinct
     while the record has enough), each through ``preprocess`` -- ``"trellis"`` (crop by alpha >= 205 with a 1.2
-    margin, LANCZOS, premultiplied on black; ``jaxshape.image.trellis_preprocess``) or ``"partpacker"`` (alpha > 0,
-    90 % framing, on white) -- at ``size`` px, giving ``cond_image`` float32 ``[count, size, size, 3]`` in [0, 1]
-    (ImageNet normalisation happens on the device, next to the encoder)."""
+    margin, LANCZOS, premultiplied on black; ``jaxshape.image.trellis_preprocess``), ``"trellis2"`` (TRELLIS.2's:
+    alpha > 0.8, no margin), ``"partpacker"`` (alpha > 0, 90 % framing, on white), or the training datasets' crops
+    ``"trellis_train"`` / ``"trellis2_train"`` (``jaxshape.image.trellis_train_preprocess``) -- at ``size`` px,
+    giving ``cond_image`` float32 ``[count, size, size, 3]`` in [0, 1] (ImageNet normalisation happens on the
+    device, next to the encoder)."""
     count: int = 1
     preprocess: str = "trellis"
     size: int = 518
@@ -86,12 +90,17 @@ def draw_views(ex: dict, views: ViewConfig, rng: np.random.Generator) -> np.ndar
 
 def preprocess_view(rgba: np.ndarray, views: ViewConfig) -> np.ndarray:
     """One RGBA view through ``views.preprocess`` at ``views.size``: float32 ``[size, size, 3]`` in [0, 1]."""
-    from jaxshape.image import partpacker_preprocess, trellis_preprocess
+    from jaxshape.image import partpacker_preprocess, trellis2_preprocess, trellis_preprocess, trellis_train_preprocess
 
-    if views.preprocess == "trellis":
-        img = trellis_preprocess(rgba, size=views.size, patch_size=views.patch_size).astype(np.float32) / 255
+    p, size, patch = views.preprocess, views.size, views.patch_size
+    if p == "trellis":
+        img = trellis_preprocess(rgba, size=size, patch_size=patch).astype(np.float32) / 255
+    elif p == "trellis2":
+        img = trellis2_preprocess(rgba, size=size, patch_size=patch)
+    elif p in ("trellis_train", "trellis2_train"):
+        img = trellis_train_preprocess(rgba, size=size, ratio=1.2 if p == "trellis_train" else 1.0, patch_size=patch)
     else:
-        img = partpacker_preprocess(rgba, size=views.size, patch_size=views.patch_size)
+        img = partpacker_preprocess(rgba, size=size, patch_size=patch)
     return np.asarray(img, np.float32)
 
 

@@ -19,7 +19,9 @@ from jaxshape.image.preprocess import (
     resize_like_cv2,
     trellis2_preprocess,
     trellis_preprocess,
+    trellis_train_preprocess,
 )
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "decode_png", "encode_png", "imagenet_normalize", "partpacker_preprocess",
-           "recenter_foreground", "resize_like_cv2", "trellis2_preprocess", "trellis_preprocess"]
+           "recenter_foreground", "resize_like_cv2", "trellis2_preprocess", "trellis_preprocess",
+           "trellis_train_preprocess"]

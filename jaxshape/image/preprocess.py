@@ -40,8 +40,8 @@ import numbers
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "trellis_preprocess", "trellis2_preprocess", "partpacker_preprocess",
-           "recenter_foreground", "resize_like_cv2", "imagenet_normalize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "trellis_preprocess", "trellis2_preprocess", "trellis_train_preprocess",
+           "partpacker_preprocess", "recenter_foreground", "resize_like_cv2", "imagenet_normalize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -185,6 +185,36 @@ def trellis2_preprocess(image, mask=None, *, size: int = 512, patch_size: int = 
     crop = np.asarray(img.crop(_alpha_box(fn, np.asarray(img), 1.0))).astype(np.float32) / 255
     rgb = Image.fromarray(((crop[..., :3] * crop[..., 3:4]) * 255).astype(np.uint8))
     return np.asarray(rgb.resize((size, size), Image.Resampling.LANCZOS)).astype(np.float32) / 255
+
+
+def trellis_train_preprocess(image, *, size: int = 518, ratio: float = 1.2, patch_size: int = 14) -> np.ndarray:
+    """The crop of TRELLIS's and TRELLIS.2's training datasets (``ImageConditionedMixin.get_instance`` of
+    ``trellis/datasets/components.py``; ``ratio`` 1.2 there, 1.0 in ``trellis2/datasets/components.py``), which
+    differs from their pipelines' :func:`trellis_preprocess` / :func:`trellis2_preprocess`: an RGBA render ->
+    float32 ``[size, size, 3]`` in [0, 1] on black.
+
+    Upstream's order: the bbox of ``alpha > 0`` (inclusive max row / column); centre ``(min + max) / 2``; half side
+    ``ratio · max(w, h) / 2``; the box ``int(centre ± half)`` (Python ``int``: toward zero) cropped by Pillow
+    (outside: transparent black); the RGBA crop resized to ``size`` with LANCZOS (Pillow premultiplies RGBA inside
+    ``resize``); then ``RGB / 255 · alpha / 255`` in float32 (no uint8 rounding)."""
+    fn = "trellis_train_preprocess"
+    size = _check_size(fn, size, patch_size)
+    if not ratio > 0:
+        raise ValueError(f"{fn}: ratio must be > 0, got {ratio}")
+    arr = _image_array(fn, image)
+    if arr.shape[2] != 4:
+        raise ValueError(f"{fn}: a training view must be RGBA (its alpha marks the object), got shape {arr.shape}")
+    ys, xs = np.nonzero(arr[..., 3])
+    if len(xs) == 0:
+        raise ValueError(f"{fn}: the view's alpha is 0 everywhere (no object to crop)")
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half = max(x1 - x0, y1 - y0) / 2 * ratio
+    box = (int(cx - half), int(cy - half), int(cx + half), int(cy + half))
+    img = np.asarray(Image.fromarray(arr, "RGBA").crop(box).resize((size, size), Image.Resampling.LANCZOS))
+    rgb = img[..., :3].astype(np.float32) / np.float32(255.0)
+    alpha = img[..., 3:4].astype(np.float32) / np.float32(255.0)
+    return rgb * alpha
 
 
 # ----------------------------------------------------------------------------------------------------------------

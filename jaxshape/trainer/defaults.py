@@ -149,7 +149,9 @@ def stage_config(stage: str) -> ConfigDict:
             encoder_dtype="float32",  # image: the encoder's compute dtype (PartPacker: bfloat16)
             tap="prenorm_ln",  # image: the condition tap (jaxshape.models.image_condition)
             views=1,  # image: views per example (TRELLIS 1; PartPacker k, the latent repeated per view)
-            preprocess="trellis",  # image: "trellis" (crop by alpha, on black) or "partpacker" (90 %, on white)
+            # image: the view rule (jaxshape.data.pipeline.IMAGE_PREPROCESS): "trellis" / "trellis2" (crop by alpha,
+            # on black), "partpacker" (90 %, on white), "trellis_train" / "trellis2_train" (their training crops)
+            preprocess="trellis",
             image_size=518,  # image: side of the preprocessed view in pixels (a multiple of the patch size)
             # image: "" keeps every token (all upstreams); "cls_mean": 2 tokens, CLS and the mean patch token
             pool="",

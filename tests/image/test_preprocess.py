@@ -414,3 +414,61 @@ def test_imagenet_normalize():
         imagenet_normalize(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="uint8 .* or floating"):
         imagenet_normalize(np.zeros((4, 4, 3), np.int64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the training-dataset crop of TRELLIS / TRELLIS.2 (ImageConditionedMixin.get_instance)
+# ----------------------------------------------------------------------------------------------------------------
+def _upstream_training_crop(rgba, size, ratio):
+    """The lines of ``ImageConditionedMixin.get_instance`` (trellis / trellis2 ``datasets/components.py``) with
+    torch, as upstream runs them (ratio 1.2 / none)."""
+    torch = pytest.importorskip("torch")
+    image = Image.fromarray(rgba, "RGBA")
+    alpha = np.array(image.getchannel(3))
+    bbox = np.array(alpha).nonzero()
+    bbox = [bbox[1].min(), bbox[0].min(), bbox[1].max(), bbox[0].max()]
+    center = [(bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2]
+    hsize = max(bbox[2] - bbox[0], bbox[3] - bbox[1]) / 2
+    aug_hsize = hsize * ratio if ratio != 1.0 else hsize
+    aug_bbox = [int(center[0] - aug_hsize), int(center[1] - aug_hsize), int(center[0] + aug_hsize),
+                int(center[1] + aug_hsize)]
+    image = image.crop(aug_bbox).resize((size, size), Image.Resampling.LANCZOS)
+    alpha = image.getchannel(3)
+    image = image.convert("RGB")
+    image = torch.tensor(np.array(image)).permute(2, 0, 1).float() / 255.0
+    alpha = torch.tensor(np.array(alpha)).float() / 255.0
+    return (image * alpha.unsqueeze(0)).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("ratio,size", [(1.2, 518), (1.0, 512), (1.2, 56)])
+@pytest.mark.parametrize("hw,box", [((300, 260), (40, 200, 90, 250)), ((200, 200), (0, 199, 3, 60)),
+                                    ((181, 233), (100, 101, 20, 170))])
+def test_trellis_train_preprocess_matches_the_upstream_dataset_code(ratio, size, hw, box):
+    from jaxshape.image import trellis_train_preprocess
+
+    rgba = scene(*hw, *box, seed=size)
+    rgba[box[2] + 1, box[0] + 1, 3] = 7  # faint alpha counts (alpha > 0), and scales its pixel's colour
+    got = trellis_train_preprocess(rgba, size=size, ratio=ratio, patch_size=14 if size % 14 == 0 else 16)
+    want = _upstream_training_crop(rgba, size, ratio)
+    assert got.dtype == np.float32 and got.shape == (size, size, 3)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_trellis_train_preprocess_errors_and_view_rules():
+    from jaxshape.data.pipeline import ViewConfig, preprocess_view
+    from jaxshape.image import trellis2_preprocess, trellis_train_preprocess
+
+    rgba = scene(120, 100, 20, 70, 30, 90)
+    with pytest.raises(ValueError, match="trellis_train_preprocess: a training view must be RGBA"):
+        trellis_train_preprocess(rgba[..., :3])
+    with pytest.raises(ValueError, match="alpha is 0 everywhere"):
+        trellis_train_preprocess(np.zeros((20, 20, 4), np.uint8))
+    with pytest.raises(ValueError, match="ratio must be > 0"):
+        trellis_train_preprocess(rgba, ratio=0)
+    for rule, want in (("trellis2_train", trellis_train_preprocess(rgba, size=64, ratio=1.0, patch_size=16)),
+                       ("trellis_train", trellis_train_preprocess(rgba, size=64, ratio=1.2, patch_size=16)),
+                       ("trellis2", trellis2_preprocess(rgba, size=64, patch_size=16))):
+        got = preprocess_view(rgba, ViewConfig(count=1, preprocess=rule, size=64, patch_size=16))
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="views preprocess must be one of"):
+        ViewConfig(preprocess="trellis3")

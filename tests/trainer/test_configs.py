@@ -9,11 +9,14 @@ from tests.utils import REPO
 
 CONFIGS = REPO / "configs"
 VARIANTS = {"trellis_like.py": ["demo", "long", "image_demo", "vae_demo", "flow_demo", "flow_image_demo", "vae",
-                                 "flow_L", "flow_B", "flow_XL", "flow_L_image", "finetune_flow_L"],
+                                 "flow_L", "flow_B", "flow_XL", "flow_L_image", "finetune_flow_L",
+                                 "flow_1_3B_image", "finetune_flow_1_3B"],
             "vecset_like.py": ["demo", "long", "image_demo", "vae_demo", "flow_demo", "flow_image_demo", "vae", "flow",
                                "flow_image", "finetune_flow", "parts_demo", "parts_flow_demo"]}
 IMAGE = {"flow_L_image": ("dinov2_vitl14_reg", 1, "trellis", 1024),
          "finetune_flow_L": ("dinov2_vitl14_reg", 1, "trellis", 1024),
+         "flow_1_3B_image": ("dinov3_vitl16", 1, "trellis2_train", 1024),
+         "finetune_flow_1_3B": ("dinov3_vitl16", 1, "trellis2_train", 1024),
          "flow_image": ("dinov2_vitg14", 2, "partpacker", 1536),
          "finetune_flow": ("dinov2_vitg14", 2, "partpacker", 1536),
          "image_demo": ("dinov2_tiny", None, None, 96), "flow_image_demo": ("dinov2_tiny", None, None, 96)}
@@ -46,13 +49,20 @@ def test_config_variant_builds(name, variant):
             encoder, views, preprocess, width = IMAGE[variant]
             task = make_task(c)
             assert c.cond.encoder == encoder and task.encoder.embed_dim == task.cond_channels == width
-            assert views is None or (c.cond.views, c.cond.preprocess, c.cond.image_size) == (views, preprocess, 518)
+            size = 512 if encoder.startswith("dinov3") else 518
+            assert views is None or (c.cond.views, c.cond.preprocess, c.cond.image_size) == (views, preprocess, size)
     if variant == "finetune_flow_L":  # the released img-L architecture, so the converted release loads into it
         from jaxshape.convert.state_dict import expected_state_dict_shapes
 
         assert cfg.init_from.endswith("ss_flow_img_dit_L_16l8_fp16")
         assert expected_state_dict_shapes(models.SparseStructureFlowModel(**cfg.model)) == \
             expected_state_dict_shapes(models.build("ss_flow_img_dit_L_16l8_fp16"))
+    if variant in ("flow_1_3B_image", "finetune_flow_1_3B"):  # TRELLIS.2's released flow, so its checkpoint loads
+        from jaxshape.convert.state_dict import expected_state_dict_shapes
+
+        assert expected_state_dict_shapes(models.SparseStructureFlowModel(**cfg.model)) == \
+            expected_state_dict_shapes(models.build("ss_flow_img_dit_1_3B_64_bf16"))
+        assert bool(cfg.init_from) == (variant == "finetune_flow_1_3B")
     if variant == "finetune_flow":  # PartPacker's released DiT (use_parts), so the converted flow.pt loads into it
         from jaxshape.convert.state_dict import expected_state_dict_shapes
 

@@ -74,6 +74,7 @@ def test_two_volume_latents_are_the_vaes_encodings_side_by_side(official):
     assert np.abs(z[empty[:, 1] > 0, 48:]).max() == 0 and np.abs(z[:, 48:]).max() > 0.01
 
 
+@pytest.mark.slow
 def test_a_fine_tune_starts_at_the_official_weights_and_resumes_bit_exactly(official, tmp_path):
     root, dit_sd, _ = official
     one = make_mesh(1, 1, jax.devices()[:1])
