@@ -5,7 +5,8 @@ structure: ``coords.npy`` for TRELLIS's PyTorch stage 2, a voxel preview ``.glb`
 PartPacker (a ``.glb`` scene of coloured parts, each part and each volume's mesh, a ``.png`` preview). Each image
 gets ``OUT/<image name>/``, a progress bar over the sampling steps and one summary line (time, voxels or parts,
 faces). Images are sampled in groups of as many as there are devices, the group's batch sharded over them (one
-device: one image at a time); every image uses the same ``--seed``, as upstream's scripts do, so its result does
+device: one image at a time), and PartPacker's decode splits each chunk of query points over them; every image uses
+the same ``--seed``, as upstream's scripts do, so its result does
 not depend on the others. ``--image`` takes files or folders (their ``.png`` / ``.jpg`` / ``.webp`` files); an image
 that fails is reported and the others carry on.
 """
@@ -96,8 +97,11 @@ def generate(pipe, paths, out: Path, *, seed: int = 42, num_samples: int = 1, sa
     group = max(1, len(jax.devices()))
     mesh = _data_mesh() if group > 1 else None
     if mesh is not None:  # a copy of the pipeline whose sampled model's variables are on every device
-        field = "dit_variables" if partpacker else "flow_variables"
-        pipe = dataclasses.replace(pipe, **{field: _replicate(getattr(pipe, field), mesh)})
+        if partpacker:  # and the decode's query points split over the devices
+            pipe = dataclasses.replace(pipe, dit_variables=_replicate(pipe.dit_variables, mesh),
+                                       vae_variables=_replicate(pipe.vae_variables, mesh), decode_mesh=mesh)
+        else:
+            pipe = dataclasses.replace(pipe, flow_variables=_replicate(pipe.flow_variables, mesh))
     summaries = []
     paths = list(paths)
     for start in range(0, len(paths), group):

@@ -128,7 +128,9 @@ def split_parts(volumes: Sequence[tuple[np.ndarray, np.ndarray]], min_faces: int
 class PartPackerPipeline:
     """The three frozen modules of PartPacker with their variables (``jaxshape.models.load`` / ``jaxshape.convert``
     outputs): ``encoder`` (a ``DinoViT``, DINOv2-g/14 in the release), ``dit`` (``VecSetDiT``), ``vae``
-    (``VecSetVAE``). ``dtype``: ``"bfloat16"`` (upstream) or ``"float32"``."""
+    (``VecSetVAE``). ``dtype``: ``"bfloat16"`` (upstream) or ``"float32"``. ``decode_mesh``: a 1-D device mesh
+    (axis ``"data"``) over which each decode chunk's query points are split (the VAE's variables replicated on
+    it); ``None``: one device."""
 
     encoder: object
     encoder_variables: dict
@@ -138,8 +140,12 @@ class PartPackerPipeline:
     vae_variables: dict
     dtype: str = "bfloat16"
     sampler: dict = dataclasses.field(default_factory=lambda: dict(PP_SAMPLER_DEFAULTS))
+    decode_mesh: Optional[object] = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
+        if self.decode_mesh is not None and tuple(self.decode_mesh.axis_names) != ("data",):
+            raise ValueError(f"decode_mesh must be a 1-D mesh with the axis 'data', got axes "
+                             f"{tuple(self.decode_mesh.axis_names)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         self.sampler = merged(PP_SAMPLER_DEFAULTS, PP_SAMPLER_DEFAULTS, self.sampler)
@@ -222,8 +228,17 @@ class PartPackerPipeline:
         volume's latent set ``[L, D]``; ``chunk`` points per query (the memory knob)."""
         from jaxshape.geometry import decode_hierarchical
 
-        hidden = self._hidden(self.vae_variables, jnp.asarray(latent, jnp.float32))
-        return decode_hierarchical(lambda p: self._query(self.vae_variables, jnp.asarray(p), hidden), resolution,
+        variables, put = self.vae_variables, jnp.asarray
+        if self.decode_mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            n = self.decode_mesh.devices.size
+            chunk = -(-chunk // n) * n  # a multiple of the device count: every device queries chunk / n points
+            variables = jax.device_put(variables, NamedSharding(self.decode_mesh, PartitionSpec()))
+            points = NamedSharding(self.decode_mesh, PartitionSpec("data"))
+            put = lambda p: jax.device_put(p, points)  # noqa: E731
+        hidden = self._hidden(variables, jnp.asarray(latent, jnp.float32))
+        return decode_hierarchical(lambda p: self._query(variables, put(p), hidden), resolution,
                                    min_resolution=min_resolution, max_points_per_query=chunk)
 
     def __call__(self, image, *, num_samples: int = 1, seed: int = 42, noise: Optional[np.ndarray] = None,

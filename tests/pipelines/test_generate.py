@@ -76,6 +76,31 @@ def test_partpacker_generate(tmp_path):
         assert max_rel_err(np.load(out / "sample_0_latent.npy"), alone["latent"][0]) <= 1e-5
 
 
+def test_partpacker_decode_split_over_devices_equals_one_device(tmp_path):
+    """``decode_mesh``: each chunk of query points split over the 8 devices (a chunk that is not a multiple of 8
+    rounded up) gives the one-device hierarchical grid."""
+    import dataclasses
+
+    from jaxshape.generate import _data_mesh
+
+    root = tmp_path / "PartPacker"
+    _partpacker_folder(root, vae_shift=0.1)
+    _hf_dino(root / "dinov2-giant", registers=False)
+    pipe = from_pretrained(root, dtype="float32", overrides={"dit": DIT, "vae": VAE})
+    mesh = _data_mesh()
+    split = dataclasses.replace(pipe, decode_mesh=mesh)
+    z = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+    one = pipe.decode_volume(z, resolution=32, min_resolution=16, chunk=1001)
+    many = split.decode_volume(z, resolution=32, min_resolution=16, chunk=1001)
+    assert (one > 0).any() and (one < 0).any()  # a grid with a surface
+    np.testing.assert_array_equal(np.isnan(one), np.isnan(many))
+    np.testing.assert_allclose(many, one, atol=1e-5, rtol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="decode_mesh must be a 1-D mesh with the axis 'data'"):
+        from jax.sharding import Mesh
+
+        dataclasses.replace(pipe, decode_mesh=Mesh(np.asarray(jax.devices()).reshape(2, 4), ("a", "b")))
+
+
 def test_image_paths_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="--image .*nope"):
         G.image_paths([tmp_path / "nope"])
