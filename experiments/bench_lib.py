@@ -80,6 +80,22 @@ def matmul_peak(n: int = 2048, reps: int = 7) -> dict[str, float]:
     return {k: 2 * n**3 / min(v) / 1e9 for k, v in ts.items()}
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_isa() -> str:
+    """The vector / matrix extensions of this CPU that matter to XLA:CPU, oneDNN and PyTorch (``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(f for f in ISA_FLAGS if f in have) or "none of " + " ".join(ISA_FLAGS)
+    except OSError:
+        pass
+    return "?"
+
+
 def machine_description(allocator: bool = True) -> str:
     """CPU, memory, library versions, torch threads, (``allocator``:) the host-allocator setting, and the load."""
     import flax
@@ -101,7 +117,7 @@ def machine_description(allocator: bool = True) -> str:
     except (ValueError, OSError):
         mem = float("nan")
     load = os.getloadavg()
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Python {platform.python_version()}, "
+    return (f"{cpu} (ISA: {cpu_isa()}), {os.cpu_count()} cores, {mem:.0f} GiB RAM; Python {platform.python_version()}, "
             f"jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads); " + (f"{cpu_allocator.describe()}; " if allocator else "") +
             f"load average at start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")

@@ -109,11 +109,11 @@ def build(kind):
     enc, dit, vae = DinoViT(**DINO_G), VecSetDiT(**PP_DIT), VecSetVAE(**PP_VAE)
     ev = randomized(enc, [jnp.zeros((1, 518, 518, 3))], 0)
     dv = randomized(dit, [jnp.zeros((1, 1024, 16)), jnp.zeros((1, 8, 96)), jnp.zeros((1,))], 1)
-    z = jnp.zeros((1, 512, 16))
-    vv = randomized(vae, [z], 2, method="decode")
-    hidden = vae.apply(vv, z, method="decode")
-    vv2 = randomized(vae, [jnp.zeros((1, 64, 3)), hidden], 2, method="query", shift=(("proj_out",), 0.2))
-    vv = {**vv, "params": {**vv["params"], **vv2["params"]}}
+    pts, fps = jnp.zeros((1, 256, 3)), jnp.zeros((1, 64), jnp.int32)
+    # every VAE parameter (the PyTorch mirror loads the whole state dict), the query head shifted so that the
+    # field has a zero level set inside the volume
+    vv = randomized(vae, [pts, pts, fps, fps, jnp.zeros((1, 64, 3))], 2, method="init_all",
+                    shift=(("proj_out",), 0.2))
     return lambda dtype: PartPackerPipeline(enc, ev, dit, dv, vae, vv, dtype=dtype)
 
 

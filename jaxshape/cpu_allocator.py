@@ -19,10 +19,13 @@ pages, which stalls the step.
 glibc reads tunables only at process start, so :func:`reexec_with_cpu_malloc_tunables` re-executes the current
 command once with ``GLIBC_TUNABLES`` set; ``python -m jaxshape.train`` and the benchmarks in ``experiments/`` call it
 first thing. It is **on by default for CPU runs** (:func:`wanted`: glibc Linux, and ``JAX_PLATFORMS`` is ``cpu`` or
-unset with no accelerator plugin installed); ``JAXSHAPE_CPU_MALLOC=0`` turns it off, ``=1`` forces it on. A library
-user calling jaxshape from their own script gets glibc's defaults unless they set the tunables themselves
-(``python -c "from jaxshape import cpu_allocator; print(cpu_allocator.merged_tunables(None))"`` prints the value).
-Tunables already in ``GLIBC_TUNABLES`` are kept and win over ours. Only on glibc Linux.
+unset with no accelerator plugin installed); ``JAXSHAPE_CPU_MALLOC=0`` turns it off, ``=1`` forces it on. Tunables
+already in ``GLIBC_TUNABLES`` are kept and win over ours. Only on glibc Linux.
+
+In a user's own process (a script or notebook) nothing changes unless they call :func:`tune`, which sets the same
+three settings with ``mallopt`` (glibc honours it at any time; the trim threshold is capped at ``mallopt``'s ``int``,
+2 GiB, and threads that already have their own arena keep it). It is not applied at import: measured in library mode
+(docs/performance.md) it sped the SS-VAE steps up and slowed the DiT steps down.
 """
 from __future__ import annotations
 
@@ -93,11 +96,35 @@ def wanted(environ=None) -> bool:
     return switch == "1" or runs_on_cpu(env)
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_MALLOPT = {_M_ARENA_MAX: 1, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 2**31 - 1}
+_tuned = {"by_mallopt": False}  # what tune() did in this process (the allocator is process-wide by nature)
+
+
+def tune(force: bool = False) -> bool:
+    """Apply :data:`MALLOC_TUNABLES` to this running process with ``mallopt`` (glibc Linux), when :func:`wanted` (or
+    ``force``) and the process did not start with them already. Returns whether the allocator now runs with them.
+    What it costs is what the tunables cost (module doc): the peak heap stays mapped until exit."""
+    if tunables_active() or _tuned["by_mallopt"]:
+        return True
+    if not (force or wanted()) or not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    ok = all(libc.mallopt(ctypes.c_int(k), ctypes.c_int(v)) == 1 for k, v in _MALLOPT.items())
+    _tuned["by_mallopt"] = ok
+    return ok
+
+
 def describe(environ=None) -> str:
     """One line for logs and benchmark tables: which allocator settings this process runs with."""
     env = os.environ if environ is None else environ
     if tunables_active(env):
         return f"glibc malloc tunables on ({env['GLIBC_TUNABLES']})"
+    if _tuned["by_mallopt"]:
+        return "glibc malloc settings of the tunables applied by mallopt (cpu_allocator.tune)"
     return "default glibc malloc (tunables off)"
 
 

@@ -11,6 +11,21 @@ import pytest
 from jaxshape import cpu_allocator as CA
 
 GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+# a 100 MiB malloc and free, with glibc's counters (mallinfo2) during and after
+MALLOC_100MIB = """
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in names]
+        libc.mallinfo2.restype = MallInfo2
+        libc.malloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        p = libc.malloc(100 << 20)
+        during = libc.mallinfo2()
+        libc.free(p)
+        after = libc.mallinfo2()
+"""
 
 
 def test_merged_tunables_keep_the_callers_values():
@@ -75,19 +90,7 @@ def test_tunables_serve_large_blocks_from_the_heap_and_keep_them_after_free():
     page-faulted in anew); with the tunables it comes from the heap and stays mapped after ``free``. (Whether the
     next block reuses that memory whole depends on the heap layout during the first few steps, so a fault count of
     a few calls is not a stable test.)"""
-    code = """
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
-        class MallInfo2(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_size_t) for n in names]
-        libc.mallinfo2.restype = MallInfo2
-        libc.malloc.restype = ctypes.c_void_p
-        libc.free.argtypes = [ctypes.c_void_p]
-        p = libc.malloc(100 << 20)
-        during = libc.mallinfo2()
-        libc.free(p)
-        after = libc.mallinfo2()
+    code = MALLOC_100MIB + """
         print("INFO", during.hblkhd >> 20, during.arena >> 20, after.arena >> 20)
     """
     mmapped, heap, heap_after = (int(v) for v in _run(code, JAXSHAPE_CPU_MALLOC="0").split("INFO ")[1].split())
@@ -95,3 +98,25 @@ def test_tunables_serve_large_blocks_from_the_heap_and_keep_them_after_free():
     tun = _run(code, GLIBC_TUNABLES=CA.merged_tunables(None)).split("INFO ")[1].split()
     mmapped, heap, heap_after = (int(v) for v in tun)
     assert mmapped == 0 and heap >= 100 and heap_after >= 100, (mmapped, heap, heap_after)
+
+
+@pytest.mark.skipif(not GLIBC_LINUX, reason="mallopt is glibc's")
+def test_tune_applies_the_settings_by_mallopt_in_a_users_process():
+    """Library mode: ``import jaxshape`` leaves glibc's defaults (a 100 MiB block is a fresh ``mmap``);
+    ``cpu_allocator.tune()`` in a process started without the tunables gives the allocator their behaviour by
+    ``mallopt`` (the block from the heap, kept after ``free``); with ``JAXSHAPE_CPU_MALLOC=0`` or an accelerator
+    platform it does nothing."""
+    code = """
+        import jaxshape
+        from jaxshape import cpu_allocator
+        applied = cpu_allocator.tune() if {tune} else False
+    """ + MALLOC_100MIB + """
+        print("INFO", during.hblkhd >> 20, after.arena >> 20, applied, cpu_allocator.describe().split(" (")[0])
+    """
+    info = _run(code.replace("{tune}", "True"), JAX_PLATFORMS="cpu").split("INFO ")[1].split(maxsplit=3)
+    assert int(info[0]) == 0 and int(info[1]) >= 100 and info[2] == "True" and "mallopt" in info[3], info
+    cases = [({"JAX_PLATFORMS": "cpu"}, "False"), ({"JAXSHAPE_CPU_MALLOC": "0", "JAX_PLATFORMS": "cpu"}, "True"),
+             ({"JAX_PLATFORMS": "cuda"}, "True")]
+    for env, tune in cases:
+        info = _run(code.replace("{tune}", tune), **env).split("INFO ")[1].split(maxsplit=3)
+        assert int(info[0]) >= 100 and info[2] == "False" and "default glibc malloc" in info[3], (env, info)
