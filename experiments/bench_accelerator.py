@@ -35,12 +35,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from bench_lib import interleaved  # noqa: E402
 from jaxshape.flops import count_flops  # noqa: E402
 from jaxshape.models import build  # noqa: E402
 from jaxshape.models.released import released_args  # noqa: E402
@@ -167,14 +169,8 @@ TRANSFORMERS = ("ss_flow_L", "partpacker_dit", "dinov2_vitl14_reg", "dinov3_vitl
 
 
 def _time(fn, steps, warmup):
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    ts = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    """Median seconds of ``fn`` (blocked on its result) over ``steps`` calls after ``warmup``."""
+    return statistics.median(interleaved({"f": lambda: jax.block_until_ready(fn())}, steps, warmup)["f"])
 
 
 def run_jax(case, steps, warmup):

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["connected_parts", "contact_graph", "two_colour", "pack_two_volumes", "TwoVolumes"]
+__all__ = ["connected_parts", "compact_mesh", "contact_graph", "two_colour", "pack_two_volumes", "TwoVolumes"]
 
 
 def connected_parts(faces: np.ndarray, num_vertices: int) -> np.ndarray:
@@ -55,10 +55,15 @@ def connected_parts(faces: np.ndarray, num_vertices: int) -> np.ndarray:
     return remap[label]
 
 
+def compact_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(vertices, faces)`` keeping only the referenced vertices, in their order, faces renumbered (int64)."""
+    faces = np.asarray(faces, np.int64)
+    used, inv = np.unique(faces.reshape(-1), return_inverse=True)
+    return vertices[used], inv.reshape(faces.shape).astype(np.int64)
+
+
 def _submesh(v, f, mask):
-    sub = f[mask]
-    used, inv = np.unique(sub.reshape(-1), return_inverse=True)
-    return v[used], inv.reshape(-1, 3).astype(np.int64)
+    return compact_mesh(v, f[mask])
 
 
 def contact_graph(parts: list, *, gap: float = 4 / 512, num_samples: int = 1024,
@@ -158,11 +163,12 @@ class TwoVolumes(NamedTuple):
 
 
 def pack_two_volumes(vertices, faces, *, gap: float = 4 / 512, num_samples: int = 1024,
-                     rng: np.random.Generator | None = None) -> TwoVolumes:
-    """A mesh's parts (connected components) packed into two volumes whose parts do not touch (module doc)."""
+                     rng: np.random.Generator | None = None, part: np.ndarray | None = None) -> TwoVolumes:
+    """A mesh's parts (connected components) packed into two volumes whose parts do not touch (module doc).
+    ``part``: :func:`connected_parts` of the mesh, if the caller has it already."""
     v = np.asarray(vertices, np.float64)
     f = np.asarray(faces, np.int64)
-    part = connected_parts(f, len(v))
+    part = connected_parts(f, len(v)) if part is None else np.asarray(part, np.int64)
     n = int(part.max()) + 1 if len(part) else 0
     parts = [_submesh(v, f, part == k) for k in range(n)]
     edges = contact_graph(parts, gap=gap, num_samples=num_samples, rng=rng) if n > 1 else {}

@@ -67,12 +67,12 @@ def example_seed(seed: int, mesh_id: str) -> np.random.SeedSequence:
 PART_KEYS = ("pointcloud", "normals", "fps_indices", "pointcloud_dorases", "normals_dorases", "fps_indices_dorases")
 
 
-def two_volume_inputs(v, f, cfg: VecsetConfig, like: dict, seed, stats: dict) -> dict:
+def two_volume_inputs(v, f, cfg: VecsetConfig, like: dict, seed, stats: dict, part=None) -> dict:
     """PartPacker's two-volume encoder inputs of a normalised mesh: ``<key>_part0`` / ``_part1`` for the keys of
     :data:`PART_KEYS` and ``part_empty`` int8 ``[2]``; an empty volume is zeros shaped like ``like``'s (the whole
-    object's) arrays. Adds the packing's counts to ``stats``."""
+    object's) arrays. Adds the packing's counts to ``stats``. ``part``: the mesh's ``connected_parts``, if known."""
     rng = np.random.default_rng(seed)
-    packed = pack_two_volumes(v, f, rng=rng)
+    packed = pack_two_volumes(v, f, rng=rng, part=part)
     out, empty = {}, []
     for k, (pv, pf) in enumerate(packed.volumes):
         empty.append(len(pf) == 0)
@@ -124,7 +124,8 @@ def mesh_example(source, cfg: TargetConfig, seed: int = 0, mesh_id: Optional[str
     if VECSET in cfg.targets:
         t = time.perf_counter()
         # ray parity is exact only for one closed surface: overlapping closed parts take the winding number
-        single = len(f) == 0 or int(connected_parts(f, len(v)).max()) == 0
+        part = connected_parts(f, len(v)) if len(f) else None
+        single = part is None or int(part.max()) == 0
         vs, info = vecset_targets((v - cp) * sp, f, cfg.vecset, rng,
                                   watertight=bool(mesh.stats.get("watertight")) and single)
         ex.update(vs)
@@ -134,7 +135,8 @@ def mesh_example(source, cfg: TargetConfig, seed: int = 0, mesh_id: Optional[str
         stats["query_inside_frac"] = round(float((g > 0).mean()), 4)
     if cfg.parts:
         t = time.perf_counter()
-        ex.update(two_volume_inputs((v - cp) * sp, f, cfg.vecset, ex, example_seed(seed, mesh_id + "#parts"), stats))
+        ex.update(two_volume_inputs((v - cp) * sp, f, cfg.vecset, ex, example_seed(seed, mesh_id + "#parts"), stats,
+                                    part=part))
         stats["t_parts"] = round(time.perf_counter() - t, 4)
     for k, val in (features or {}).items():
         ex[k] = val if isinstance(val, list) else np.asarray(val)  # lists: e.g. PNG bytes of views

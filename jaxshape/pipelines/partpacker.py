@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxshape import flow
+from jaxshape.data.parts import compact_mesh
 from jaxshape.pipelines.common import merged, preprocessed_rgb
 
 # infer.py / app.py sampling knobs (image_conditioning.md §6.2)
@@ -64,13 +65,6 @@ def _components(vertices: np.ndarray, faces: np.ndarray) -> list[np.ndarray]:
                                                                     min_len=1)]
 
 
-def _compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    used = np.unique(faces.reshape(-1))
-    remap = np.full(len(vertices), -1, np.int64)
-    remap[used] = np.arange(len(used))
-    return vertices[used], remap[faces]
-
-
 def clean_mesh(vertices, faces, *, min_faces: int = 25, min_diameter_pct: float = 5.0) -> tuple[np.ndarray,
                                                                                                 np.ndarray]:
     """A trimesh/NumPy approximation of upstream's ``kiui.clean_mesh(v, f, remesh=False, min_f=25, min_d=5)``:
@@ -95,7 +89,7 @@ def clean_mesh(vertices, faces, *, min_faces: int = 25, min_diameter_pct: float 
         f = f[np.sort(first)]
     if len(f) == 0:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
-    v, f = _compact(v, f)
+    v, f = compact_mesh(v, f)
     diag = float(np.linalg.norm(np.ptp(v, axis=0)))
     keep = []
     for g in _components(v, f):
@@ -105,7 +99,7 @@ def clean_mesh(vertices, faces, *, min_faces: int = 25, min_diameter_pct: float 
     if not keep:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     f = f[np.sort(np.concatenate(keep))]
-    v, f = _compact(v, f)
+    v, f = compact_mesh(v, f)
     return v.astype(np.float32), f
 
 
@@ -117,7 +111,7 @@ def split_parts(volumes: Sequence[tuple[np.ndarray, np.ndarray]], min_faces: int
         for g in _components(v, f):
             if len(g) < min_faces:
                 continue
-            pv, pf = _compact(v, f[g])
+            pv, pf = compact_mesh(v, f[g])
             parts.append({"vertices": pv, "faces": pf, "volume": vi})
     for j, p in enumerate(parts):
         p["color"] = part_color(j)
