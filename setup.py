@@ -45,7 +45,8 @@ setup(
         "dev": ["pytest>=8", "torch>=2.4", "transformers>=4.56", "moderngl==5.13.0", "pymcubes==0.1.6",
                 "ruff==0.17.6"],
         # optional accelerators of `python -m jaxshape.data.prepare` (exact numpy fallbacks exist):
-        # fpsample builds from source with Rust on Python 3.11; open3d speeds up the TSDF ~2x
+        # fpsample builds from source with Rust on Python 3.11; open3d (Embree point queries) speeds up the TSDF
+        # 1.3-2x and needs the system's libusb-1.0 (Debian: apt-get install libusb-1.0-0)
         "fast": ["fpsample>=1.0", "open3d>=0.18"],
         # PartPacker's image preprocessing exactly as upstream (cv2 resizes; jaxshape.image has an equal numpy path)
         "cv2": ["opencv-python-headless>=4.10"],

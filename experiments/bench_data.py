@@ -28,6 +28,53 @@ def _t(fn, *a, **k):
     return time.perf_counter() - t, out
 
 
+STAGES = ("surface samples", "bucket-FPS pool", "salient", "exact FPS orders", "queries", "TSDF")
+
+
+def _stage_times(v, f, cfg):
+    """The vecset target's stages one by one (the same calls ``vecset_targets`` makes)."""
+    from jaxshape.data import vecset as vs
+
+    rng = np.random.default_rng(0)
+    v = np.asarray(v, np.float64)
+    f = np.asarray(f, np.int64)
+    out = {}
+    out["surface samples"], (pts, nrm, _) = _t(vs.sample_surface, v, f, cfg.num_surface, rng)
+    out["bucket-FPS pool"], pool = _t(vs.fps, pts, cfg.num_points, start=None, exact=False, rng=rng)
+    out["salient"], (sal, _, _) = _t(vs.sample_salient, v, f, cfg.num_salient, rng, pts, nrm, cfg.sharp_angle,
+                                     cfg.min_sharp_length)
+    t = time.perf_counter()
+    vs.fps(pts[pool], cfg.num_fps, start=0, exact=True)
+    if len(sal):
+        vs.fps(sal, cfg.num_fps_salient, start=0, exact=True)
+    out["exact FPS orders"] = time.perf_counter() - t
+    out["queries"], q = _t(vs.make_queries, rng, pts, sal if len(sal) else pts, cfg.num_volume, cfg.num_near,
+                           cfg.num_sharp, cfg.near_sigmas, cfg.sharp_sigmas, cfg.query_bound)
+    out["TSDF"], _ = _t(vs.tsdf, v, f, q, cfg.tau, cfg.query_bound, "pseudonormal" if _watertight(v, f) else "winding")
+    return out
+
+
+def _machine():
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bench_lib import cpu_isa
+
+    cpu = "?"
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    libs = []
+    for name in ("open3d", "fpsample", "point-cloud-utils", "embreex"):
+        try:
+            libs.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            libs.append(f"{name} not installed")
+    return f"{cpu} (ISA: {cpu_isa()}), {os.cpu_count()} cores, one core used; " + ", ".join(libs)
+
+
+def _watertight(v, f):
+    return bool(clean_mesh(v, f).stats["watertight"])
+
+
 def meshes():
     import manifold3d as m3
 
@@ -93,8 +140,12 @@ def main():
         rng = np.random.default_rng(0)
         vec_s, (ex, info) = _t(vecset_targets, pp.vertices, pp.faces, cfg, rng, bool(m.stats["watertight"]))
         q = ex["query_points"].astype(np.float64)
-        tsdf_s, _ = _t(tsdf, pp.vertices, pp.faces, q, cfg.tau, 1.05, info["sign_method"])
-        tsdf_w, _ = _t(tsdf, pp.vertices, pp.faces, q, cfg.tau, 1.05, "winding")
+        tsdf_s, g = _t(tsdf, pp.vertices, pp.faces, q, cfg.tau, 1.05, info["sign_method"])
+        tsdf_r, g_r = _t(tsdf, pp.vertices, pp.faces, q, cfg.tau, 1.05, "raycast")
+        tsdf_w, g_w = _t(tsdf, pp.vertices, pp.faces, q, cfg.tau, 1.05, "winding")
+        flips = {k: int((np.sign(g) != np.sign(o)).sum()) for k, o in (("ray", g_r), ("wind", g_w))}
+        flip_max = max([float(np.abs(g[np.sign(g) != np.sign(o)]).max(initial=0)) for o in (g_r, g_w)])
+        parts = _stage_times(pp.vertices, pp.faces, cfg)
         # plain trimesh baselines on a subset, extrapolated to 500k queries
         sub = q[np.random.default_rng(1).choice(len(q), args.baseline_queries, replace=False)]
         tmp = trimesh.Trimesh(pp.vertices, pp.faces, process=False)
@@ -105,24 +156,30 @@ def main():
         ct_s, _ = _t(tmp.contains, sub)
         scale = len(q) / len(sub)
         rows.append(dict(name=name, faces=len(m.faces), wt=m.stats["watertight"], occ=occ_s, pcu=pcu_s, o3d=o3d_s,
-                         iou=iou, tmv=tmv_s, vec=vec_s, tsdf=tsdf_s, tsdf_w=tsdf_w, sign=info["sign_method"],
+                         iou=iou, tmv=tmv_s, vec=vec_s, tsdf=tsdf_s, tsdf_r=tsdf_r, tsdf_w=tsdf_w,
+                         sign=info["sign_method"], flips=flips, flip_max=flip_max, parts=parts,
                          sd=sd_s * scale, ct=ct_s * scale, sal=info["salient_fallback"]))
         print(rows[-1], flush=True)
     hdr = ("| mesh | faces | watertight | 64³ occupancy (ours) | pcu voxelize | Open3D voxelize | IoU vs Open3D "
-           "| trimesh `voxelized` | vecset total (ours) | of which TSDF 500k (sign) | TSDF 500k, winding sign "
+           "| trimesh `voxelized` | vecset total (ours) | of which TSDF 500k (sign) | TSDF 500k, ray-parity sign "
+           "| TSDF 500k, winding sign | sign disagreements vs ray / winding (max \\|TSDF\\| there) "
            "| trimesh `signed_distance` 500k (extrap.) | trimesh `contains` no embree 500k (extrap.) |")
-    lines = [hdr, "|" + "---|" * 13]
+    lines = [hdr, "|" + "---|" * 15]
     for r in rows:
         lines.append(f"| {r['name']} | {r['faces']:,} | {r['wt']} | {r['occ']:.3f} | {r['pcu']:.3f} | "
                      f"{r['o3d']:.3f} | {r['iou']:.4f} | {r['tmv']:.2f} | {r['vec']:.2f} | {r['tsdf']:.2f} "
-                     f"({r['sign']}) | {r['tsdf_w']:.2f} | {r['sd']:.0f} | {r['ct']:.0f} |")
+                     f"({r['sign']}) | {r['tsdf_r']:.2f} | {r['tsdf_w']:.2f} | {r['flips']['ray']} / "
+                     f"{r['flips']['wind']} ({r['flip_max']:.1e}) | {r['sd']:.0f} | {r['ct']:.0f} |")
+    lines += ["", "Where the vecset time goes (seconds, same meshes): " + ", ".join(STAGES) + ".", "",
+              "| mesh | " + " | ".join(STAGES) + " |", "|" + "---|" * (len(STAGES) + 1)]
+    for r in rows:
+        lines.append(f"| {r['name']} | " + " | ".join(f"{r['parts'][k]:.3f}" for k in STAGES) + " |")
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write("# Data-preparation throughput (seconds per mesh, one core)\n\n"
-                 "Generated by `taskset -c 0 python experiments/bench_data.py` on the 2-core shared dev box "
-                 "(numbers are noisy: other jobs share the cores).\n"
+                 f"Generated by `taskset -c 0 python experiments/bench_data.py` on {_machine()}.\n"
                  "Vecset = 200k surface samples + bucket-FPS pool of 32,768 + salient 16,384 + exact FPS orders "
                  "(2,048 each) + 500k TSDF queries (200k volume, 200k near-surface, 100k near-sharp).\n"
                  "Baselines: plain trimesh timed on 2,000 queries and scaled to 500k.\n\n" + text + "\n")

@@ -123,7 +123,8 @@ def mesh_example(source, cfg: TargetConfig, seed: int = 0, mesh_id: Optional[str
         stats["t_occupancy"] = round(time.perf_counter() - t, 4)
     if VECSET in cfg.targets:
         t = time.perf_counter()
-        # ray parity is exact only for one closed surface: overlapping closed parts take the winding number
+        # the pseudonormal sign (like ray parity) is exact only for one closed surface: overlapping closed parts take
+        # the winding number
         part = connected_parts(f, len(v)) if len(f) else None
         single = part is None or int(part.max()) == 0
         vs, info = vecset_targets((v - cp) * sp, f, cfg.vecset, rng,

@@ -15,14 +15,18 @@ Choices (where the papers are silent):
 * Queries: ``num_volume`` uniform in ``[-query_bound, query_bound]^3``, ``num_near`` = surface samples + N(0, s^2)
   split over ``near_sigmas``, ``num_sharp`` = salient samples + N(0, s^2) over ``sharp_sigmas`` (Dora's scales), stored
   contiguously in that order (counts recorded).
-* TSDF = ``clip(sdf, -tau, tau) / tau``, inside positive.  Sign from the **generalised winding number** (fast winding
-  number, Barill et al. 2018, via point-cloud-utils): inside iff ``|w| > 0.5``.  Unlike ray parity (``contains``) it
-  degrades gracefully on open, self-intersecting or multi-shell meshes (a hole only perturbs w locally) and is
-  independent of the global orientation.  ``sign="auto"`` (default) uses it for meshes that are not watertight and
-  fast ray parity (Open3D, 3 rays majority; else trimesh+embree) for watertight, consistently oriented meshes, where
-  parity is exact.  Distance: exact closest point (Open3D/embree point query if installed, else libigl AABB via
-  point-cloud-utils), computed only for queries that can lie within ``tau`` of the surface (those in a 1-voxel
-  dilation of the surface shell on a grid with cells >= 2*tau); all others are at ``|sdf| >= 2*tau`` -> ``+-1``.
+* TSDF = ``clip(sdf, -tau, tau) / tau``, inside positive.  Distance: exact closest point (Open3D/embree point query
+  if installed, else libigl AABB via point-cloud-utils), computed only for queries that can lie within ``tau`` of the
+  surface (those in a 1-cell dilation of the cells the surface touches, on a grid with cells >= 2*tau); all others
+  are at ``|sdf| >= 2*tau`` -> ``+-1``.  Sign, ``sign="auto"`` (default): for a watertight, consistently oriented
+  mesh the **angle-weighted pseudonormal** (Baerentzen & Aanaes 2005) of the closest feature (face, edge or vertex,
+  from Ericson's region test in float64 on the face the point query returns), and for the far queries the side of
+  their 6-connected region of empty grid cells (the surface crosses none; one closest-point query per region,
+  regions on the grid's border are outside) -- the same signs as ray parity with no ray cast; for any other mesh the
+  **generalised winding number** (fast winding number, Barill et al. 2018, via point-cloud-utils): inside iff
+  ``|w| > 0.5``, which degrades gracefully on open, self-intersecting or multi-shell meshes (a hole only perturbs w
+  locally) and is independent of the global orientation.  ``sign="raycast"`` (ray parity at every query: Open3D,
+  3 rays majority, else trimesh+embree) and ``"winding"`` can be forced.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = ["sample_surface", "fps", "fps_reference", "sharp_edges", "sample_salient", "make_queries",
-           "inside_winding", "signed_distance", "unsigned_distance", "inside_raycast", "tsdf", "VecsetConfig",
+           "inside_winding", "signed_distance", "unsigned_distance", "inside_raycast", "closest_point_on_triangles",
+           "pseudonormals", "pseudonormal_distance", "tsdf", "VecsetConfig",
            "vecset_targets", "surface_inputs", "face_normals"]
 
 try:  # optional fast FPS
@@ -202,17 +207,118 @@ def _o3d_scene(o3d, v, f):
 
 
 def unsigned_distance(v, f, q, backend: str = "auto", scene=None) -> np.ndarray:
-    """Exact point-to-mesh distance: Open3D/embree point query if installed (``auto``), else libigl (pcu)."""
+    """Exact point-to-mesh distance: Open3D/embree point query (float32) if installed (``auto``), else (``"libigl"``,
+    or any other value) libigl's AABB tree in float64 (pcu)."""
     o3d = _o3d() if backend in ("auto", "open3d") else None
     if o3d is not None:
         scene = scene or _o3d_scene(o3d, v, f)
         return scene.compute_distance(o3d.core.Tensor(np.asarray(q, np.float32)), nthreads=1).numpy() \
             .astype(np.float64)
+    return _pcu_closest(v, f, q)[0]
+
+
+def _pcu_closest(v, f, q):
+    """libigl's AABB closest points (point-cloud-utils) -> ``(distance [n], face [n])``.  A single query is sent
+    twice: pcu 0.34 answers a ``[1, 3]`` query wrongly."""
     import point_cloud_utils as pcu
 
-    d, _, _ = pcu.closest_points_on_mesh(np.ascontiguousarray(q, np.float64), np.ascontiguousarray(v, np.float64),
-                                         np.ascontiguousarray(f, np.int64))
-    return np.asarray(d, np.float64)
+    q = np.asarray(q, np.float64).reshape(-1, 3)
+    d, fid, _ = pcu.closest_points_on_mesh(np.ascontiguousarray(np.repeat(q, 2, 0) if len(q) == 1 else q),
+                                           np.ascontiguousarray(v, np.float64), np.ascontiguousarray(f, np.int64))
+    return np.asarray(d, np.float64).reshape(-1)[:len(q)], np.asarray(fid, np.int64).reshape(-1)[:len(q)]
+
+
+def _closest_faces(v, f, q, scene=None) -> np.ndarray:
+    """Index of a closest face of each query: Open3D/embree if installed, else libigl's AABB tree (pcu)."""
+    o3d = _o3d()
+    if o3d is not None:
+        scene = scene or _o3d_scene(o3d, v, f)
+        ans = scene.compute_closest_points(o3d.core.Tensor(np.asarray(q, np.float32)), nthreads=1)
+        return ans["primitive_ids"].numpy().astype(np.int64).reshape(len(q))
+    return _pcu_closest(v, f, q)[1]
+
+
+def closest_point_on_triangles(p, a, b, c):
+    """Closest point of each ``p[i]`` on triangle ``(a[i], b[i], c[i])`` (Ericson's region test, float64) ->
+    ``(point [n,3], feature [n])``: feature 0 = face interior, 1/2/3 = edge ab/bc/ca, 4/5/6 = vertex a/b/c."""
+    p, a, b, c = (np.asarray(x, np.float64) for x in (p, a, b, c))
+    ab, ac, ap = b - a, c - a, p - a
+    # the six dot products of Ericson's test from three: (p - b) = ap - ab, (p - c) = ap - ac
+    d1 = (ab * ap).sum(1)
+    d2 = (ac * ap).sum(1)
+    abab, abac, acac = (ab * ab).sum(1), (ab * ac).sum(1), (ac * ac).sum(1)
+    d3, d4 = d1 - abab, d2 - abac
+    d5, d6 = d1 - abac, d2 - acac
+    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    # barycentric weights (of b, of c) per region, in Ericson's order; the first region that holds wins
+    regions = [((d1 <= 0) & (d2 <= 0), 4), ((d3 >= 0) & (d4 <= d3), 5), ((vc <= 0) & (d1 >= 0) & (d3 <= 0), 1),
+               ((d6 >= 0) & (d5 <= d6), 6), ((vb <= 0) & (d2 >= 0) & (d6 <= 0), 3),
+               ((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), 2)]
+    feat = np.zeros(len(p), np.int64)
+    for cond, code in reversed(regions):
+        feat[cond] = code
+    u = np.zeros(len(p))  # weight of b
+    w = np.zeros(len(p))  # weight of c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = feat == 0
+        den = va[m] + vb[m] + vc[m]
+        u[m], w[m] = vb[m] / den, vc[m] / den
+        m = feat == 1
+        u[m] = d1[m] / (d1[m] - d3[m])
+        m = feat == 3
+        w[m] = d2[m] / (d2[m] - d6[m])
+        m = feat == 2
+        t = (d4[m] - d3[m]) / ((d4[m] - d3[m]) + (d5[m] - d6[m]))
+        u[m], w[m] = 1 - t, t
+    out = a + ab * u[:, None] + ac * w[:, None]
+    for code, x in ((4, a), (5, b), (6, c)):
+        out[feat == code] = x[feat == code]
+    bad = ~np.isfinite(out).all(1)  # a zero-area triangle no region claimed: its nearest vertex
+    if bad.any():
+        k = np.argmin(np.stack([((p[bad] - x[bad]) ** 2).sum(1) for x in (a, b, c)], 1), 1)
+        out[bad] = np.stack([a[bad], b[bad], c[bad]], 1)[np.arange(bad.sum()), k]
+        feat[bad] = 4 + k
+    return out, feat
+
+
+def pseudonormals(v, f):
+    """Angle-weighted pseudonormals (Baerentzen & Aanaes 2005) -> ``(face [F,3], edge [F,3,3], vertex [V,3])``;
+    ``edge[i, k]`` is the sum of the unit normals of the faces on edge ``k`` (ab, bc, ca) of face ``i``."""
+    v = np.asarray(v, np.float64)
+    f = np.asarray(f, np.int64)
+    fn = face_normals(v, f)
+    e = np.sort(np.stack([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], 1).reshape(-1, 2), axis=1)
+    _, inv = np.unique(e[:, 0] * (len(v) + 1) + e[:, 1], return_inverse=True)
+    rep = np.repeat(fn, 3, axis=0)
+    esum = np.stack([np.bincount(inv, weights=rep[:, j]) for j in range(3)], 1)
+    t = v[f]
+    vn = np.zeros((len(v), 3))
+    for k in range(3):
+        u, w = t[:, (k + 1) % 3] - t[:, k], t[:, (k + 2) % 3] - t[:, k]
+        cos = np.einsum("ij,ij->i", u, w) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(w, axis=1), 1e-300)
+        ang = np.arccos(np.clip(cos, -1.0, 1.0))
+        for j in range(3):
+            vn[:, j] += np.bincount(f[:, k], weights=ang * fn[:, j], minlength=len(v))
+    return fn, esum[inv].reshape(len(f), 3, 3), vn
+
+
+def pseudonormal_distance(v, f, q, fid, normals=None):
+    """Exact distance of each query to its closest face ``fid`` (float64) and its side by the angle-weighted
+    pseudonormal of the closest feature -> ``(distance [n], inside [n] bool)``; exact for watertight, consistently
+    outward-oriented meshes."""
+    v = np.asarray(v, np.float64)
+    q = np.asarray(q, np.float64)
+    fn, en, vn = normals if normals is not None else pseudonormals(v, f)
+    tri = np.asarray(f, np.int64)[fid]
+    t = v[tri]
+    c, feat = closest_point_on_triangles(q, t[:, 0], t[:, 1], t[:, 2])
+    n = fn[fid]
+    edge = (feat >= 1) & (feat <= 3)
+    n[edge] = en[fid[edge], feat[edge] - 1]
+    vert = feat >= 4
+    n[vert] = vn[tri[vert, feat[vert] - 4]]
+    r = q - c
+    return np.sqrt((r * r).sum(1)), (r * n).sum(1) < 0
 
 
 def signed_distance(v, f, q, sign: str = "winding") -> np.ndarray:
@@ -222,31 +328,82 @@ def signed_distance(v, f, q, sign: str = "winding") -> np.ndarray:
     return np.where(inside, d, -d)
 
 
+def _surface_cells(v, f, G: int, B: float) -> np.ndarray:
+    """``[G]*3`` bool grid over ``[-B, B]^3``, True in (at least) every cell a face touches: a face whose bounding box
+    spans at most 2 cells per axis marks its whole box (a superset, cheap), larger faces the exact triangle-box
+    cells (``voxelize_surface``)."""
+    from .voxelize import voxelize_surface
+
+    v = np.asarray(v, np.float64)
+    f = np.asarray(f, np.int64)
+    h = 2 * B / G
+    t = v[f]
+    lo = np.clip(np.floor((t.min(1) + B) / h).astype(np.int64), 0, G - 1)
+    hi = np.clip(np.floor((t.max(1) + B) / h).astype(np.int64), 0, G - 1)
+    small = ((hi - lo) <= 1).all(1)
+    grid = np.zeros((G,) * 3, bool)
+    lo_s, hi_s = lo[small], hi[small]
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                c = np.minimum(lo_s + np.array([dx, dy, dz]), hi_s)
+                grid[c[:, 0], c[:, 1], c[:, 2]] = True
+    if not small.all():
+        idx = voxelize_surface(v, f[~small], G, bound=B, clip=False)
+        grid[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    return grid
+
+
 def tsdf(v, f, q, tau: float, bound: float = 1.05, sign: str = "winding") -> np.ndarray:
     """``clip(sdf, -tau, tau) / tau`` (inside positive); exact distances only where ``|sdf|`` may be < tau.
 
-    ``sign``: ``"winding"`` (robust, any mesh) or ``"raycast"`` (fast; exact only for watertight meshes)."""
+    ``sign``: ``"winding"`` (robust, any mesh), ``"raycast"`` (ray parity at every query; exact only for watertight
+    meshes) or ``"pseudonormal"`` (watertight, outward-oriented meshes only: the side of each query near the surface
+    from the angle-weighted pseudonormal of its closest point, found by the distance query it needs anyway; far
+    queries take the side of their connected region of the empty grid cells, one closest-point query per region --
+    the same signs as ray parity, without casting a ray)."""
     from scipy import ndimage
 
-    from .voxelize import voxelize_surface
-
+    if sign not in ("winding", "raycast", "pseudonormal"):
+        raise ValueError(f"tsdf: sign={sign!r} is not one of 'winding', 'raycast', 'pseudonormal'")
     q = np.asarray(q, np.float64)
     o3d = _o3d()
     scene = _o3d_scene(o3d, v, f) if o3d is not None else None
-    inside = inside_winding(v, f, q) if sign == "winding" else inside_raycast(v, f, q, scene)
-    out = np.where(inside, 1.0, -1.0)
-    # band prefilter on a grid with cell >= 2 tau over [-B, B]^3 (B covers mesh and queries)
+    # band prefilter on a grid with cell >= 2 tau over [-B, B]^3 (B covers mesh and queries): a query outside the
+    # 1-cell dilation of the cells the surface touches is >= 2 tau from it
     B = float(max(bound, np.abs(q).max(), np.abs(v).max())) * (1 + 1e-6)
     G = max(1, int(np.floor(2 * B / (2 * tau))))
-    shell = np.zeros((G,) * 3, bool)
-    idx = voxelize_surface(v, f, G, bound=B, clip=False)
-    shell[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    shell = _surface_cells(v, f, G, B)
     shell = ndimage.binary_dilation(shell, np.ones((3, 3, 3), bool))
     qi = np.clip(np.floor((q + B) / (2 * B / G)).astype(np.int64), 0, G - 1)
     near = shell[qi[:, 0], qi[:, 1], qi[:, 2]]
+    if sign != "pseudonormal":
+        inside = inside_winding(v, f, q) if sign == "winding" else inside_raycast(v, f, q, scene)
+        out = np.where(inside, 1.0, -1.0)
+        if near.any():
+            d = unsigned_distance(v, f, q[near], scene=scene)
+            out[near] = np.where(inside[near], 1.0, -1.0) * np.minimum(d, tau) / tau
+        return out
+    out = -np.ones(len(q))
+    normals = pseudonormals(v, f)
     if near.any():
-        d = unsigned_distance(v, f, q[near], scene=scene)
-        out[near] = np.where(inside[near], 1.0, -1.0) * np.minimum(d, tau) / tau
+        d, ins = pseudonormal_distance(v, f, q[near], _closest_faces(v, f, q[near], scene), normals)
+        out[near] = np.where(ins, 1.0, -1.0) * np.minimum(d, tau) / tau
+    far = np.flatnonzero(~near)
+    if len(far):
+        # the surface crosses no empty cell, so the side is constant on each 6-connected region of empty cells;
+        # regions touching the grid's border reach the outside of the mesh's bounds
+        lab, _ = ndimage.label(~shell)
+        comp = lab[qi[far, 0], qi[far, 1], qi[far, 2]]
+        border = np.unique(np.concatenate([lab[[0, -1]].ravel(), lab[:, [0, -1]].ravel(), lab[:, :, [0, -1]].ravel()]))
+        regions, first, inv = np.unique(comp, return_index=True, return_inverse=True)
+        ask = ~np.isin(regions, border)
+        side = np.full(len(regions), -1.0)
+        if ask.any():
+            rep = q[far[first[ask]]]
+            _, ins = pseudonormal_distance(v, f, rep, _closest_faces(v, f, rep, scene), normals)
+            side[ask] = np.where(ins, 1.0, -1.0)
+        out[far] = side[inv]
     return out
 
 
@@ -266,7 +423,7 @@ class VecsetConfig:
     query_bound: float = 1.05
     sharp_angle: float = 15.0
     min_sharp_length: float = 1e-3
-    sign: str = "auto"  # auto: raycast for watertight meshes, winding number otherwise
+    sign: str = "auto"  # auto: pseudonormal for watertight meshes, winding number otherwise
 
 
 def surface_inputs(v, f, cfg: VecsetConfig, rng: np.random.Generator) -> tuple[dict, dict, tuple]:
@@ -296,7 +453,7 @@ def vecset_targets(v, f, cfg: VecsetConfig, rng: np.random.Generator, watertight
     out, info, (pts, sal) = surface_inputs(v, f, cfg, rng)
     q = make_queries(rng, pts, sal if len(sal) else pts, cfg.num_volume, cfg.num_near, cfg.num_sharp,
                      cfg.near_sigmas, cfg.sharp_sigmas, cfg.query_bound)
-    sign = cfg.sign if cfg.sign != "auto" else ("raycast" if watertight else "winding")
+    sign = cfg.sign if cfg.sign != "auto" else ("pseudonormal" if watertight else "winding")
     info["sign_method"] = sign
     gt = tsdf(v, f, q, cfg.tau, cfg.query_bound, sign)
     out.update({

@@ -114,7 +114,7 @@ def test_tsdf_sphere_and_box_signs():
     q = rng.uniform(-1.05, 1.05, (4000, 3))
     q = np.concatenate([q, q[:1000] / np.linalg.norm(q[:1000], axis=1, keepdims=True) * rng.uniform(0.93, 0.97,
                                                                                                     (1000, 1))])
-    for sign in ("winding", "raycast"):
+    for sign in ("winding", "raycast", "pseudonormal"):
         g = vecset.tsdf(s.vertices, s.faces, q, 0.015, sign=sign)
         ref = np.clip(0.95 - np.linalg.norm(q, axis=1), -0.015, 0.015) / 0.015
         assert np.abs(g - ref).max() < 0.1  # tessellation error of the sphere (~1e-3 abs)
@@ -123,6 +123,53 @@ def test_tsdf_sphere_and_box_signs():
     g = vecset.tsdf(b.vertices, b.faces, np.array([[0, 0, 0], [0.94, 0, 0], [0.96, 0, 0], [1.0, 1.0, 1.0]]), 0.015)
     np.testing.assert_allclose(g, [1, 0.01 / 0.015, -0.01 / 0.015, -1], atol=1e-5)
 
+
+
+def test_closest_point_on_triangles_regions_match_brute_force():
+    rng = np.random.default_rng(3)
+    a, b, c = (rng.normal(size=(3000, 3)) for _ in range(3))
+    p = rng.normal(size=(3000, 3)) * 2
+    got, feat = vecset.closest_point_on_triangles(p, a, b, c)
+    # brute force: the best of a dense barycentric lattice of each triangle, refined to the closest feature
+    s = np.linspace(0, 1, 81)
+    u, w = [x.ravel() for x in np.meshgrid(s, s, indexing="ij")]
+    keep = u + w <= 1
+    u, w = u[keep], w[keep]
+    lat = a[:, None] + u[None, :, None] * (b - a)[:, None] + w[None, :, None] * (c - a)[:, None]
+    brute = np.sqrt(((lat - p[:, None]) ** 2).sum(-1)).min(1)
+    d = np.linalg.norm(got - p, axis=1)
+    assert (d <= brute + 1e-12).all() and np.median(brute - d) < 1e-3
+    assert set(np.unique(feat)) == set(range(7))  # every region is reached
+    vert = np.stack([a, b, c], 1)
+    for code in (4, 5, 6):
+        np.testing.assert_array_equal(got[feat == code], vert[feat == code, code - 4])
+
+
+def test_pseudonormal_sign_equals_ray_parity_on_watertight_meshes():
+    import manifold3d as m3
+
+    from jaxshape.data.procedural import generate_shape
+
+    v, f = generate_shape(6, 1)  # a CSG chair: sharp convex and concave edges, thin legs
+    mg = m3.Manifold(m3.Mesh(v.astype(np.float32), f.astype(np.uint32))).refine_to_length(0.05 * np.ptp(v, 0).max())
+    m = clean_mesh(np.asarray(mg.to_mesh().vert_properties)[:, :3], np.asarray(mg.to_mesh().tri_verts))
+    assert m.stats["watertight"]
+    pp = normalize(m, VECSET)
+    rng = np.random.default_rng(0)
+    p, _, _ = vecset.sample_surface(pp.vertices, pp.faces, 3000, rng)
+    corners = pp.vertices[rng.integers(len(pp.vertices), size=2000)]  # queries whose closest feature is a vertex
+    q = np.concatenate([rng.uniform(-1.05, 1.05, (6000, 3)), p + rng.normal(0, 0.005, p.shape),
+                        corners + rng.normal(0, 0.003, corners.shape)])
+    ray = vecset.inside_raycast(pp.vertices, pp.faces, q)
+    wind = vecset.inside_winding(pp.vertices, pp.faces, q)
+    g = vecset.tsdf(pp.vertices, pp.faces, q, 0.015, sign="pseudonormal")
+    ref = vecset.tsdf(pp.vertices, pp.faces, q, 0.015, sign="raycast")
+    assert ((g > 0) == ray).mean() > 0.9995 and ((g > 0) == wind).mean() > 0.9995
+    np.testing.assert_allclose(np.abs(g), np.abs(ref), atol=1e-4)  # the same distances (Open3D: float32)
+    assert ((g > 0) != ray).sum() == 0 or np.abs(g[(g > 0) != ray]).max() < 1e-3  # disagreements only on the surface
+    assert (np.abs(g) == 1).mean() > 0.3  # far queries took their region's side
+    with pytest.raises(ValueError, match="sign='parity'"):
+        vecset.tsdf(pp.vertices, pp.faces, q[:4], 0.015, sign="parity")
 
 def test_winding_inside_robust_to_holes():
     b = trimesh.creation.box((1.0, 1.0, 1.0))
@@ -165,4 +212,4 @@ def test_make_example_keys_normals_determinism():
     assert (np.einsum("ij,ij->i", ex["pointcloud"], n) > 0).all()  # outward on a centred box
     np.testing.assert_array_equal(ex["fps_indices"], vecset.fps_reference(ex["pointcloud"], len(ex["fps_indices"])))
     assert -1 <= ex["query_gt"].min() and ex["query_gt"].max() <= 1
-    assert stats["sign_method"] == "raycast" and int(ex["class_label"]) == 2
+    assert stats["sign_method"] == "pseudonormal" and int(ex["class_label"]) == 2
