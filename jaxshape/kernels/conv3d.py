@@ -1,9 +1,10 @@
 """Stride-1 "same" 3-D convolution, channels-last, in the formulations XLA compiles well, and the rule that picks one.
 
 Every formulation computes the sum of ``torch.nn.Conv3d(k, padding=k // 2)``; fp32 rounding differs only in the
-order of additions. They exist because XLA:CPU's own convolution (and above all its weight and input gradients) is
-its slowest path, while its matmuls run near the machine's peak: each formulation below has a matmul-only backward
-pass. On GPU and TPU the rule picks ``lax.conv`` (cuDNN / the TPU's native convolution).
+order of additions. They exist because XLA:CPU's own 3-D convolution (and above all its weight and input gradients) is
+its slowest path, while its matmuls and its 2-D convolutions (YNNPACK) run far faster: each formulation below has a
+backward pass of matmuls or 2-D convolutions. On GPU and TPU the rule picks ``lax.conv`` (cuDNN / the TPU's native
+convolution).
 
 ``experiments/ab_optimisations.py`` and ``experiments/bench_models.py`` measure the formulations per conv and per
 model; ``docs/performance.md`` ("conv3d formulation rule") has the table behind :func:`auto_formulation`.
@@ -19,17 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-CONV_FORMULATIONS = ("auto", "lax", "im2col", "im2col_yz", "im2col_z", "shift", "output_shift", "winograd")
+CONV_FORMULATIONS = ("auto", "lax", "conv2d", "im2col", "im2col_yz", "im2col_z", "shift", "output_shift", "winograd")
 
 # Winograd F(2, 3) (Lavin & Gray 2016), 1-D: y = A^T [(G g) * (B^T d)] for a 4-tap input tile d, 3-tap filter g and
 # 2 outputs y_i = sum_k d[i + k] g[k] (cross-correlation, as torch's conv). 3-D = the same transform on each axis.
 WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
 WINOGRAD_G3 = np.einsum("ai,bj,ck->abcijk", WINOGRAD_G, WINOGRAD_G, WINOGRAD_G).reshape(64, 27)  # G⊗G⊗G
-# Below this many 2³ output tiles (batch × ⌈X/2⌉·⌈Y/2⌉·⌈Z/2⌉, i.e. 4096 voxels) Winograd's fixed costs (the
-# transforms, 64 small matmuls) outweigh its 3.4× fewer multiplies: one im2col matmul is as fast unless the work
-# tiles·in·out reaches WINOGRAD_MIN_WORK (wide convs on small grids still gain).
-WINOGRAD_MIN_TILES = 512
-WINOGRAD_MIN_WORK = 2**24
+# The rule's thresholds (auto_formulation; measured: experiments/results/bench_conv_formulations.md): Winograd on
+# WINOGRAD_MIN_TILES..WINOGRAD_MAX_TILES 2³ output tiles (8³..16³ at batch 1) when both widths reach
+# WINOGRAD_MIN_CHANNELS; one im2col matmul below WINOGRAD_MIN_TILES when both reach IM2COL_MIN_CHANNELS.
+WINOGRAD_MIN_TILES = 64
+WINOGRAD_MAX_TILES = 512
+WINOGRAD_MIN_CHANNELS = 64
+IM2COL_MIN_CHANNELS = 256
 
 _DIRECT_ONLY = contextvars.ContextVar("jaxshape_conv3d_direct_only", default=False)
 
@@ -63,11 +66,17 @@ def auto_formulation(cin: int, cout: int, k: int, tiles: Optional[int] = None, d
 
     Returns:
       On GPU and TPU ``"lax"``. On CPU: a 1³ kernel is a matmul (``"im2col"``); an output ≥ 8× narrower than the
-      input is one matmul to ``k³·out`` then shifted adds (``"output_shift"``); a 3³ kernel in fp32 is Winograd
-      F(2, 3), or one im2col matmul for small inputs (below :data:`WINOGRAD_MIN_TILES` tiles and
-      :data:`WINOGRAD_MIN_WORK`); otherwise one im2col matmul for ≤ 320 columns, else im2col over the kernel's z
-      axis (3 shifted copies, k² matmuls with K = k·in). Winograd only in fp32: its transforms add up to 4 terms
-      per axis, which in bf16/fp16 round far beyond the direct sum.
+      input is one matmul to ``k³·out`` then shifted adds (``"output_shift"``). A 3³ kernel is ``"conv2d"`` (three
+      2-D convolutions that XLA:CPU runs in YNNPACK: 2-4× faster than Winograd at 16-32 channels on 32³-64³ grids),
+      except where the channels are wide for the grid: with ``min(in, out) ≥`` :data:`WINOGRAD_MIN_CHANNELS` on
+      :data:`WINOGRAD_MIN_TILES` to :data:`WINOGRAD_MAX_TILES` 2³ tiles (8³-16³), Winograd F(2, 3) in fp32 (3.4×
+      fewer multiplies, its matmuls wide enough to hide the transforms); with ``min(in, out) ≥``
+      :data:`IM2COL_MIN_CHANNELS` on fewer tiles (4³), one im2col matmul. Winograd only in fp32: its transforms add
+      up to 4 terms per axis, which in bf16/fp16 round far beyond the direct sum; half precision takes im2col below
+      :data:`WINOGRAD_MAX_TILES` tiles at ``min(in, out) ≥`` :data:`IM2COL_MIN_CHANNELS`, else ``"conv2d"``.
+      Other kernel sizes: one im2col matmul for ≤ 320 columns, else im2col over the
+      kernel's z axis (3 shifted copies, k² matmuls with K = k·in). The table behind the rule:
+      ``experiments/results/bench_conv_formulations*.md``.
     """
     if backend != "cpu":
         return "lax"
@@ -75,9 +84,17 @@ def auto_formulation(cin: int, cout: int, k: int, tiles: Optional[int] = None, d
         return "im2col"
     if cin >= 8 * cout:
         return "output_shift"
-    if k == 3 and jnp.dtype(dtype) == jnp.float32:
-        small = tiles is not None and tiles < WINOGRAD_MIN_TILES and tiles * cin * cout < WINOGRAD_MIN_WORK
-        return "im2col" if small or _DIRECT_ONLY.get() else "winograd"
+    if k == 3:
+        c = min(cin, cout)
+        if jnp.dtype(dtype) != jnp.float32:
+            return "im2col" if tiles is not None and tiles < WINOGRAD_MAX_TILES and c >= IM2COL_MIN_CHANNELS \
+                else "conv2d"
+        if tiles is not None and tiles < WINOGRAD_MIN_TILES and c >= IM2COL_MIN_CHANNELS:
+            return "im2col"
+        if tiles is not None and WINOGRAD_MIN_TILES <= tiles <= WINOGRAD_MAX_TILES and c >= WINOGRAD_MIN_CHANNELS \
+                and not _DIRECT_ONLY.get():
+            return "winograd"
+        return "conv2d"
     if cin * k**3 <= 320:
         return "im2col"
     return "im2col_z"
@@ -146,6 +163,9 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, formulation: str = "auto") -> j
       formulation: how the sum is computed (all give the same numbers up to fp32 rounding):
 
         * ``"lax"``: ``lax.conv_general_dilated``;
+        * ``"conv2d"``: ``k`` 2-D convolutions over (y, z), one per kernel offset along x, with the x slices of the
+          input as their batch (XLA:CPU hands channels-last 2-D convolutions and their gradients to YNNPACK, its
+          3-D convolution to a slower generic path);
         * ``"im2col"``: all ``k³`` shifted copies concatenated on channels, one matmul with K = ``k³·in``;
         * ``"im2col_yz"`` / ``"im2col_z"``: partial im2col over (y, z) or z only, then ``k`` or ``k²`` shifted
           matmuls;
@@ -173,6 +193,16 @@ def conv3d_same(x: jax.Array, kernel: jax.Array, formulation: str = "auto") -> j
     if formulation == "lax":
         return lax.conv_general_dilated(x, kernel, window_strides=(1, 1, 1), padding=((p, p),) * 3,
                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    if formulation == "conv2d":
+        b, sx = x.shape[:2]
+        xp = jnp.pad(x, ((0, 0), (p, p), (0, 0), (0, 0), (0, 0)))
+        out = None
+        for i in range(k):
+            t = lax.conv_general_dilated(xp[:, i:i + sx].reshape(b * sx, *x.shape[2:]), kernel[i],
+                                         window_strides=(1, 1), padding=((p, p),) * 2,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            out = t if out is None else out + t
+        return out.reshape(b, sx, *out.shape[1:])
     if formulation == "output_shift":
         # y[v] = sum_d x[v + d - p] W[d]: one matmul to all k³ taps, then shift each tap's slice into place
         z = jnp.dot(x, kernel.transpose(3, 0, 1, 2, 4).reshape(cin, k**3 * cout))

@@ -43,19 +43,26 @@ def test_auto_formulation_choices():
     assert (big, small, C.winograd_tiles((2, 5, 6, 3))) == (4096, 64, 36)
     assert C.auto_formulation(512, 16, 3, big) == "output_shift"
     assert C.auto_formulation(32, 1, 3, small) == "output_shift"
-    for cin, cout in [(1, 32), (8, 8), (16, 16), (32, 32), (256, 256)]:
-        assert C.auto_formulation(cin, cout, 3, big) == "winograd"
-        assert C.auto_formulation(cin, cout, 3) == "winograd"
-        assert C.auto_formulation(cin, cout, 3, small) == "im2col"
-    assert C.auto_formulation(512, 512, 3, small) == "winograd"  # 64 tiles, but enough work per tile
-    assert C.auto_formulation(512, 512, 3, C.winograd_tiles((1, 4, 4, 4))) == "im2col"
+    tiny, g16 = C.winograd_tiles((1, 4, 4, 4)), C.winograd_tiles((1, 16, 16, 16))
+    g64 = C.winograd_tiles((1, 64, 64, 64))
+    for cin, cout in [(1, 32), (8, 8), (16, 16), (32, 32), (16, 32)]:  # narrow: 2-D convolutions at every size
+        for t in (None, g64, big, g16, small, tiny):
+            assert C.auto_formulation(cin, cout, 3, t) == "conv2d"
+    for cin, cout in [(64, 64), (128, 256), (512, 512)]:  # wide on 8³-16³: Winograd; on 4³ im2col from 256
+        assert C.auto_formulation(cin, cout, 3, g16) == C.auto_formulation(cin, cout, 3, small) == "winograd"
+        assert C.auto_formulation(cin, cout, 3, g64) == C.auto_formulation(cin, cout, 3) == "conv2d"
+        assert C.auto_formulation(cin, cout, 3, tiny) == ("im2col" if min(cin, cout) >= 256 else "conv2d")
+        with C.direct_formulations():
+            assert C.auto_formulation(cin, cout, 3, g16) == "conv2d"
     assert C.auto_formulation(2, 8, 5, big) == "im2col"
     assert C.auto_formulation(128, 128, 5, big) == "im2col_z"
     assert C.auto_formulation(128, 128, 5, small) == "im2col_z"
     assert C.auto_formulation(64, 64, 1, big) == "im2col"
     # half precision: no Winograd (its transforms would round in bf16); accelerators: the native conv
-    assert C.auto_formulation(32, 32, 3, big, jnp.bfloat16) == "im2col_z"
-    assert C.auto_formulation(8, 16, 3, big, jnp.float16) == "im2col"
+    assert C.auto_formulation(32, 32, 3, big, jnp.bfloat16) == "conv2d"
+    assert C.auto_formulation(8, 16, 3, big, jnp.float16) == "conv2d"
+    assert C.auto_formulation(256, 256, 3, small, jnp.bfloat16) == "im2col"
+    assert C.auto_formulation(64, 64, 3, small, jnp.bfloat16) == "conv2d"
     for backend in ("gpu", "tpu"):
         assert C.auto_formulation(32, 32, 3, big, backend=backend) == "lax"
 
