@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -31,17 +30,6 @@ SHAPES = [(64, 1, 16), (64, 16, 16), (64, 16, 32), (32, 32, 32), (32, 32, 64), (
           (16, 128, 128), (16, 256, 256), (8, 256, 256), (8, 512, 512), (32, 8, 8), (16, 16, 16), (8, 32, 32)]
 
 
-def _median(fn, reps):
-    for _ in range(2):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2]
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
@@ -51,7 +39,7 @@ def main():
     import torch
     import torch.nn.functional as F
 
-    from bench_lib import machine_description
+    from bench_lib import machine_description, median_seconds
 
     torch.set_num_threads(os.cpu_count() or 1)
     dt = jnp.dtype(args.dtype)
@@ -66,14 +54,14 @@ def main():
         for form in forms:
             step = jax.jit(jax.grad(lambda x, w, form=form: jnp.sum(C.conv3d_same(x, w, form).astype(jnp.float32)
                                                                        ** 2), argnums=(0, 1)))
-            cells[form] = _median(lambda: jax.block_until_ready(step(x, w)), args.reps)
+            cells[form] = median_seconds(lambda: jax.block_until_ready(step(x, w)), args.reps)
         xt = torch.randn(1, cin, s, s, s, dtype=getattr(torch, args.dtype), requires_grad=True)
         wt = (torch.randn(cout, cin, 3, 3, 3, dtype=getattr(torch, args.dtype)) * 0.05).requires_grad_()
 
         def tstep():
             (F.conv3d(xt, wt, padding=1).float() ** 2).sum().backward()
 
-        t_torch = _median(tstep, args.reps)
+        t_torch = median_seconds(tstep, args.reps)
         best = min(cells, key=cells.get)
         rows.append((s, cin, cout, cells, auto, best, t_torch))
         print(s, cin, cout, {k: round(v * 1e3, 1) for k, v in cells.items()}, "auto", auto, "torch",

@@ -33,6 +33,11 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -
     return out
 
 
+def median_seconds(fn: Callable[[], Any], reps: int, warmup: int = 2) -> float:
+    """Median seconds per call of ``fn`` over ``reps`` calls after ``warmup`` untimed ones."""
+    return statistics.median(interleaved({"fn": fn}, reps, warmup)["fn"])
+
+
 def summary(ts: list[float]) -> tuple[float, float]:
     return min(ts), statistics.median(ts)
 

@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,16 +34,12 @@ FORMULATIONS = ("lax", "im2col", "im2col_z", "winograd")
 ATTN = [(4096, 4096), (2048, 2048), (4096, 257)]  # (queries, keys), 4 heads of 64
 
 
-def _median(ts):
-    ts = sorted(ts)
-    return ts[len(ts) // 2]
-
-
 def child(reps: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from bench_lib import median_seconds
     from jaxshape.kernels.conv3d import conv3d_same
     from jaxshape.nn.attention import dot_product_attention
 
@@ -54,14 +49,7 @@ def child(reps: int) -> dict:
         c = jax.jit(fn).lower(*args).compile()
         hlo = c.as_text()
         libs = sorted({lib for lib in ("__onednn", "__xnn", "__ynn", "onednn") if lib in hlo})
-        for _ in range(2):
-            jax.block_until_ready(c(*args))
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            jax.block_until_ready(c(*args))
-            ts.append(time.perf_counter() - t)
-        return _median(ts), libs
+        return median_seconds(lambda: jax.block_until_ready(c(*args)), reps), libs
 
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.standard_normal((2048, 2048)), jnp.float32)
@@ -91,18 +79,13 @@ def torch_side(reps: int) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from bench_lib import median_seconds
+
     torch.set_num_threads(os.cpu_count() or 1)
     out = {}
 
     def timed(fn):
-        for _ in range(2):
-            fn()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return _median(ts)
+        return median_seconds(fn, reps)
 
     a = torch.randn(2048, 2048)
     out["matmul 2048²"] = 2 * 2048**3 / timed(lambda: a @ a) / 1e9
@@ -132,10 +115,10 @@ def main():
     ap.add_argument("--sets", default=",".join(FLAG_SETS), help="comma-separated names of FLAG_SETS")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_xla_cpu_flags.md"))
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "experiments"))
     if args.child:
         print("RESULT " + json.dumps(child(args.reps)))
         return
-    sys.path.insert(0, str(ROOT / "experiments"))
     from bench_lib import machine_description
 
     names = [n for n in args.sets.split(",") if n]
