@@ -30,7 +30,7 @@ FLAG_SETS = {
     "no XNN fusions": "--xla_cpu_use_xnnpack=false",
 }
 CONVS = [(64, 16, 16), (32, 32, 32), (16, 64, 64)]  # (spatial, in, out): SS decoder / encoder levels at 64³ in
-FORMULATIONS = ("lax", "im2col", "im2col_z", "winograd")
+FORMULATIONS = ("lax", "conv2d", "im2col", "im2col_z", "winograd")
 ATTN = [(4096, 4096), (2048, 2048), (4096, 257)]  # (queries, keys), 4 heads of 64
 
 
