@@ -31,8 +31,8 @@ def _t(fn, *a, **k):
 STAGES = ("surface samples", "bucket-FPS pool", "salient", "exact FPS orders", "queries", "TSDF")
 
 
-def _stage_times(v, f, cfg):
-    """The vecset target's stages one by one (the same calls ``vecset_targets`` makes)."""
+def _stage_times(v, f, cfg, sign):
+    """The vecset target's stages one by one (the same calls ``vecset_targets`` makes, ``sign`` the one it chose)."""
     from jaxshape.data import vecset as vs
 
     rng = np.random.default_rng(0)
@@ -50,7 +50,7 @@ def _stage_times(v, f, cfg):
     out["exact FPS orders"] = time.perf_counter() - t
     out["queries"], q = _t(vs.make_queries, rng, pts, sal if len(sal) else pts, cfg.num_volume, cfg.num_near,
                            cfg.num_sharp, cfg.near_sigmas, cfg.sharp_sigmas, cfg.query_bound)
-    out["TSDF"], _ = _t(vs.tsdf, v, f, q, cfg.tau, cfg.query_bound, "pseudonormal" if _watertight(v, f) else "winding")
+    out["TSDF"], _ = _t(vs.tsdf, v, f, q, cfg.tau, cfg.query_bound, sign)
     return out
 
 
@@ -69,10 +69,6 @@ def _machine():
         except PackageNotFoundError:
             libs.append(f"{name} not installed")
     return f"{cpu} (ISA: {cpu_isa()}), {os.cpu_count()} cores, one core used; " + ", ".join(libs)
-
-
-def _watertight(v, f):
-    return bool(clean_mesh(v, f).stats["watertight"])
 
 
 def meshes():
@@ -145,7 +141,7 @@ def main():
         tsdf_w, g_w = _t(tsdf, pp.vertices, pp.faces, q, cfg.tau, 1.05, "winding")
         flips = {k: int((np.sign(g) != np.sign(o)).sum()) for k, o in (("ray", g_r), ("wind", g_w))}
         flip_max = max([float(np.abs(g[np.sign(g) != np.sign(o)]).max(initial=0)) for o in (g_r, g_w)])
-        parts = _stage_times(pp.vertices, pp.faces, cfg)
+        parts = _stage_times(pp.vertices, pp.faces, cfg, info["sign_method"])
         # plain trimesh baselines on a subset, extrapolated to 500k queries
         sub = q[np.random.default_rng(1).choice(len(q), args.baseline_queries, replace=False)]
         tmp = trimesh.Trimesh(pp.vertices, pp.faces, process=False)

@@ -28,7 +28,8 @@ WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.fl
 WINOGRAD_G3 = np.einsum("ai,bj,ck->abcijk", WINOGRAD_G, WINOGRAD_G, WINOGRAD_G).reshape(64, 27)  # G⊗G⊗G
 # The rule's thresholds (auto_formulation; measured: experiments/results/bench_conv_formulations.md): Winograd on
 # WINOGRAD_MIN_TILES..WINOGRAD_MAX_TILES 2³ output tiles (8³..16³ at batch 1) when both widths reach
-# WINOGRAD_MIN_CHANNELS; one im2col matmul below WINOGRAD_MIN_TILES when both reach IM2COL_MIN_CHANNELS.
+# WINOGRAD_MIN_CHANNELS; one im2col matmul below WINOGRAD_MIN_TILES when both reach IM2COL_MIN_CHANNELS (in
+# bf16/fp16, which has no Winograd, below WINOGRAD_MAX_TILES).
 WINOGRAD_MIN_TILES = 64
 WINOGRAD_MAX_TILES = 512
 WINOGRAD_MIN_CHANNELS = 64

@@ -124,7 +124,6 @@ def test_tsdf_sphere_and_box_signs():
     np.testing.assert_allclose(g, [1, 0.01 / 0.015, -0.01 / 0.015, -1], atol=1e-5)
 
 
-
 def test_closest_point_on_triangles_regions_match_brute_force():
     rng = np.random.default_rng(3)
     a, b, c = (rng.normal(size=(3000, 3)) for _ in range(3))
@@ -170,6 +169,7 @@ def test_pseudonormal_sign_equals_ray_parity_on_watertight_meshes():
     assert (np.abs(g) == 1).mean() > 0.3  # far queries took their region's side
     with pytest.raises(ValueError, match="sign='parity'"):
         vecset.tsdf(pp.vertices, pp.faces, q[:4], 0.015, sign="parity")
+
 
 def test_winding_inside_robust_to_holes():
     b = trimesh.creation.box((1.0, 1.0, 1.0))
