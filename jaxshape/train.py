@@ -58,6 +58,8 @@ def run_pipeline(config, workdir: str) -> dict:
         stage_dir = os.path.abspath(os.path.join(workdir, name))  # absolute: config.json stays valid anywhere
         logging.getLogger("jaxshape.train").info("stage %s -> %s", name, stage_dir)
         results[name] = run(stage_cfg, stage_dir)
+        if results[name]["preempted"]:
+            break  # the later stages start when the command is re-run
         trained[stage_cfg.stage] = stage_dir
     return results
 
@@ -82,7 +84,17 @@ def main(argv) -> None:
     from jaxshape import cpu_allocator
 
     logging.getLogger("jaxshape.train").info("host allocator: %s", cpu_allocator.describe())
-    results = run_pipeline(FLAGS.config, FLAGS.workdir)
+    from jaxshape.trainer.checkpoint import CheckpointMismatch, CheckpointWriteError, NoGoodCheckpoint
+    from jaxshape.trainer.loop import TooManyBadExamples
+
+    try:
+        results = run_pipeline(FLAGS.config, FLAGS.workdir)
+    except (CheckpointWriteError, CheckpointMismatch, NoGoodCheckpoint, TooManyBadExamples) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        if isinstance(e, CheckpointWriteError):  # a full or broken disk: writers' exit handlers would fail (and
+            sys.stdout.flush()  # tensorboardX's can block); everything of ours is closed already
+            os._exit(1)
+        sys.exit(1)
     for name, r in results.items():
         losses = r["losses"]
         first = f"{losses[0]:.4f}" if losses else "-"
@@ -90,6 +102,9 @@ def main(argv) -> None:
         print(f"[{name}] steps {r['step']}, loss {first} -> {last}, params {r['num_params']:,}")
         for s in r["samples"]:
             print(f"[{name}] sample: {s}")
+        if r["preempted"]:
+            print(f"[{name}] stopped by a signal at step {r['step']} (checkpointed); run the same command again "
+                  f"to resume", flush=True)
 
 
 if __name__ == "__main__":

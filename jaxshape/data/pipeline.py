@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import queue
 import threading
 from typing import Optional, Sequence
@@ -24,7 +25,10 @@ import numpy as np
 
 from jaxshape.families import SPARSE_STRUCTURE, VECSET
 
-from .records import RecordSource
+from .records import PROBLEM, RecordSource
+
+log = logging.getLogger("jaxshape.data")
+SKIPPED = "_skipped"  # per example: "<id>: <reason>" of the bad example it replaced, "" (DeviceIterator logs them)
 
 __all__ = ["FAMILY_KEYS", "AugmentConfig", "ViewConfig", "make_dataset", "DeviceIterator"]
 
@@ -173,6 +177,16 @@ class _Transform:
         self.views = views
 
     def __call__(self, ex, rng: np.random.Generator):
+        if PROBLEM in ex:
+            return ex
+        try:
+            out = self._apply(ex, rng)
+        except Exception as e:  # noqa: BLE001 -- one bad example is replaced, not a crash
+            return {PROBLEM: f"transform failed ({type(e).__name__}: {str(e)[:200]})", "id": ex.get("id", "?")}
+        problem = example_problem(out)
+        return {PROBLEM: problem, "id": out.get("id", "?")} if problem else out
+
+    def _apply(self, ex, rng: np.random.Generator):
         if self.num_queries is not None and "query_points" in ex:
             _subsample_queries(ex, self.num_queries, rng)
         image = None
@@ -188,26 +202,123 @@ class _Transform:
         return ex
 
 
+def example_problem(ex: dict) -> Optional[str]:
+    """Why a transformed example cannot be trained on (``None`` when it can): NaN / Inf in a float field, or an
+    empty point set."""
+    for k, v in ex.items():
+        if not isinstance(v, np.ndarray) or v.dtype.kind not in "fc":
+            continue
+        if v.ndim and v.shape[0] == 0 and (k in _POINT_KEYS or k in _NORMAL_KEYS):
+            return f"{k} is empty"
+        if not np.isfinite(v).all():
+            return f"{k} holds {int(np.sum(~np.isfinite(v)))} NaN/Inf values"
+    return None
+
+
+def _replace_bad_examples_class():
+    """:class:`ReplaceBadExamples`, made on first use (grain imports in ~2 s; this module is imported without it)
+    as a module attribute, so grain's worker processes can pickle it."""
+    cls = globals().get("ReplaceBadExamples")
+    if cls is not None:
+        return cls
+    import grain
+
+    class ReplaceBadExamples(grain.MapDataset):
+        """A grain ``MapDataset`` step before batching: an example marked bad (``{PROBLEM: reason}``, or shaped
+        unlike the first good one) is replaced by the example of the next good index, whose ``SKIPPED`` field then
+        says ``"<id>: <reason>"`` of the one it replaced (``""`` for a good one; :class:`DeviceIterator` logs and
+        counts them as the batches are returned). Deterministic in the index, so worker processes and a resumed iterator
+        give the same batches; ``max_run`` bad examples in a row is an error (the data is broken)."""
+
+        def __init__(self, parent, max_run: int = 100):
+            super().__init__(parent)
+            self.max_run = max_run
+            self._shapes = None
+            self._lock = None
+
+        def __len__(self):
+            return len(self._parent)
+
+        def __getstate__(self):  # a lock does not pickle (grain worker processes)
+            return {**self.__dict__, "_lock": None}
+
+        @staticmethod
+        def _shapes_of(ex):
+            return {k: np.shape(v) for k, v in ex.items() if isinstance(v, np.ndarray)}
+
+        def _reference(self):
+            """The field shapes of the first good example by index (the same in every thread and worker)."""
+            if self._shapes is None:
+                if self._lock is None:
+                    self._lock = threading.Lock()
+                with self._lock:
+                    for j in range(min(len(self._parent), self.max_run + 1)):
+                        ex = self._parent[j]
+                        if PROBLEM not in ex:
+                            self._shapes = self._shapes_of(ex)
+                            break
+            return self._shapes
+
+        def _problem(self, ex):
+            if PROBLEM in ex:
+                return ex[PROBLEM]
+            shapes, ref = self._shapes_of(ex), self._reference()
+            if ref is not None and shapes != ref:
+                diff = sorted(k for k in shapes.keys() | ref.keys() if shapes.get(k) != ref.get(k))
+                return ", ".join(f"{k} shaped {shapes.get(k)} where the others are {ref.get(k)}" for k in diff)
+            return None
+
+        def __getitem__(self, index):
+            if isinstance(index, slice):
+                return self.slice(index)
+            ex = self._parent[index]
+            problem = self._problem(ex)
+            if problem is None:
+                return {**ex, SKIPPED: ""}
+            for k in range(1, self.max_run + 1):
+                alt = self._parent[index + k]
+                if self._problem(alt) is None:
+                    return {**alt, SKIPPED: f"{ex.get('id', '?')}: {problem}"}
+            raise RuntimeError(f"{self.max_run + 1} bad examples in a row from index {index} (the first: "
+                               f"{problem}); check the data")
+
+        def __str__(self):
+            return f"ReplaceBadExamples(max_run={self.max_run})"
+
+    ReplaceBadExamples.__module__, ReplaceBadExamples.__qualname__ = __name__, "ReplaceBadExamples"
+    globals()["ReplaceBadExamples"] = ReplaceBadExamples
+    return ReplaceBadExamples
+
+
+def __getattr__(name):  # pickle (grain workers) and users find ReplaceBadExamples here
+    if name == "ReplaceBadExamples":
+        return _replace_bad_examples_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, shuffle: bool = True,
                  num_epochs: Optional[int] = None, process_index: Optional[int] = None,
                  process_count: Optional[int] = None, augment: Optional[AugmentConfig] = None,
                  num_queries: Optional[Sequence[int]] = None, keys: Optional[Sequence[str]] = None,
                  drop_remainder: bool = True, worker_count: int = 0, split: str = "all", holdout: float = 0.0,
-                 views: Optional[ViewConfig] = None):
+                 views: Optional[ViewConfig] = None, count_skipped: bool = False):
     """grain ``IterDataset`` of host-local batches (numpy).  ``batch_size`` is the per-process batch.
 
     ``family``: a family name (``jaxshape.families``: the fields of :data:`FAMILY_KEYS`) or ``"all"``; ``keys``
     overrides it. ``num_queries=(n_volume, n_near, n_sharp)`` draws that many queries per group per example;
     ``num_epochs=None`` repeats forever. ``split`` / ``holdout``: which side of the held-out split to read
     (:class:`jaxshape.data.records.RecordSource`). ``views``: how ``cond_image`` is drawn from the records' views
-    (:class:`ViewConfig`; needed when ``keys`` holds ``cond_image``)."""
+    (:class:`ViewConfig`; needed when ``keys`` holds ``cond_image``). ``count_skipped``: a bad example (a record
+    that does not decode, NaN / Inf, an empty point set, a field shaped unlike the rest) is replaced by the next good
+    one and counted in each batch's ``SKIPPED`` field (:class:`ReplaceBadExamples`; training); otherwise it is an
+    error naming it."""
     import grain
 
     if process_index is None or process_count is None:
         import jax
 
         process_index, process_count = jax.process_index(), jax.process_count()
-    src = RecordSource(roots, split=split, holdout=holdout)
+    src = RecordSource(roots, split=split, holdout=holdout, mark_bad=count_skipped)
     if len(src) == 0:
         raise ValueError(f"no prepared examples under {roots}" + (f" in split {split!r}" if split != "all" else ""))
     if keys is None and family != "all" and family not in FAMILY_KEYS:
@@ -222,6 +333,10 @@ def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, sh
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
     ds = ds.random_map(_Transform(keys, None if num_queries is None else tuple(num_queries), augment, views))
+    if count_skipped:
+        ds = _replace_bad_examples_class()(ds)
+    else:
+        ds = ds.map(_raise_if_bad)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     it_ds = ds.to_iter_dataset()
     if worker_count > 0:
@@ -231,6 +346,12 @@ def make_dataset(roots, batch_size: int, family: str = VECSET, seed: int = 0, sh
             flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it_ds
+
+
+def _raise_if_bad(ex):
+    if PROBLEM in ex:
+        raise ValueError(f"example {ex.get('id', '?')}: {ex[PROBLEM]}")
+    return ex
 
 
 def read_spread(roots, n: int, keys: Sequence[str], *, split: str = "all", holdout: float = 0.0,
@@ -246,6 +367,7 @@ def read_spread(roots, n: int, keys: Sequence[str], *, split: str = "all", holdo
     idx = idx[np.argsort((np.arange(len(idx)) * 0.6180339887498949) % 1.0, kind="stable")]
     tf = _Transform(keys, None if num_queries is None else tuple(num_queries), None, views)
     exs = [tf(src[int(i)], np.random.default_rng([seed, int(i)])) for i in idx]
+    exs = [e for e in exs if PROBLEM not in e] or [_raise_if_bad(exs[0])]
     return {k: np.stack([e[k] for e in exs]) for k in keys}
 
 
@@ -261,6 +383,7 @@ class DeviceIterator:
         self._sharding = sharding
         self._buffer = buffer_size
         self._state = self._it.get_state()
+        self.skipped = 0  # bad examples replaced in the batches returned since the last set_state
         self._q = None
         self._thread = None
         self._stop = threading.Event()
@@ -286,7 +409,8 @@ class DeviceIterator:
                 except StopIteration:
                     q.put(("end", None, None))
                     return
-                item = ("ok", self._to_device(b), self._it.get_state())
+                skipped = [str(r) for r in np.ravel(b.pop(SKIPPED)) if str(r)] if SKIPPED in b else []
+                item = ("ok", (self._to_device(b), skipped), self._it.get_state())
                 while not stop.is_set():
                     try:
                         q.put(item, timeout=0.1)
@@ -323,6 +447,10 @@ class DeviceIterator:
             self._halt()
             raise b
         self._state = st
+        b, skipped = b
+        for reason in skipped:
+            log.warning("skipped example %s", reason)
+        self.skipped += len(skipped)
         return b
 
     def get_state(self) -> bytes:
@@ -335,6 +463,7 @@ class DeviceIterator:
         self._it = iter(self._ds)
         self._it.set_state(state)
         self._state = state
+        self.skipped = 0
 
     def close(self):
         self._halt()

@@ -17,7 +17,10 @@ from typing import Iterable
 import msgpack
 import numpy as np
 
-__all__ = ["encode_example", "decode_example", "write_shard", "read_shard_index", "RecordSource", "list_shards"]
+__all__ = ["encode_example", "decode_example", "write_shard", "read_shard_index", "RecordSource", "list_shards",
+           "PROBLEM"]
+
+PROBLEM = "_problem"  # the key of an example that cannot be used: {PROBLEM: reason, "id": id}
 
 
 def _enc(x):
@@ -97,9 +100,10 @@ class RecordSource:
     does not depend on worker scheduling.  ``__getitem__`` returns the decoded dict of numpy arrays.
 
     ``split``: ``"all"``, or ``"train"`` / ``"holdout"``: the examples outside / inside :func:`holdout_mask` of
-    ``holdout`` (the fraction held out for evaluation)."""
+    ``holdout`` (the fraction held out for evaluation). ``mark_bad``: a record that fails to read or decode gives
+    ``{PROBLEM: reason, "id": id}`` instead of raising (the training pipeline replaces it)."""
 
-    def __init__(self, roots, keys=None, split: str = "all", holdout: float = 0.0):
+    def __init__(self, roots, keys=None, split: str = "all", holdout: float = 0.0, mark_bad: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if isinstance(roots, (str, os.PathLike)):
@@ -119,6 +123,7 @@ class RecordSource:
         self._loc = np.array([(e[1], e[2]) for e in entries], np.int64).reshape(-1, 2)
         self._readers = {}
         self._keys = None if keys is None else set(keys) | {"id"}
+        self._mark_bad = mark_bad
 
     def __len__(self):
         return len(self._ids)
@@ -137,6 +142,15 @@ class RecordSource:
         return r
 
     def __getitem__(self, i):
+        if not self._mark_bad:
+            return self._read(i)
+        try:
+            return self._read(i)
+        except Exception as e:  # noqa: BLE001 -- a broken record must not stop a training run
+            return {PROBLEM: f"record {self._paths[int(self._loc[int(i)][0])]}#{int(self._loc[int(i)][1])} does "
+                             f"not decode ({type(e).__name__}: {str(e)[:200]})", "id": self._ids[int(i)]}
+
+    def _read(self, i):
         si, k = self._loc[int(i)]
         ex = decode_example(self._reader(int(si)).read([int(k)])[0])
         if "voxel_indices" in ex:

@@ -112,7 +112,7 @@ def make_data_iterator(data, fields: Sequence[str], family: str, *, process_inde
                       process_count=process_count, num_queries=nq, augment=None if one_epoch else augment_config(data),
                       worker_count=data.worker_count, num_epochs=1 if one_epoch else None,
                       drop_remainder=not one_epoch, split="all" if not data.holdout else split,
-                      holdout=data.holdout, views=views)
+                      holdout=data.holdout, views=views, count_skipped=not one_epoch)
     if one_epoch:
         return iter(ds)
     return DeviceIterator(ds, sharding=sharding, buffer_size=data.prefetch)

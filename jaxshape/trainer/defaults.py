@@ -25,6 +25,11 @@ def _data_config() -> ConfigDict:
     d.shuffle = True  # shuffle every epoch
     d.prefetch = 2  # batches prefetched into device memory
     d.worker_count = 0  # grain worker processes (0: in the main process)
+    # bad examples (a record that does not decode, NaN / Inf, an empty point set) are replaced by the next good
+    # one and counted (metric data/skipped); the run stops once more than skip_limit of the examples read
+    # were bad and at least skip_limit_min of them
+    d.skip_limit = 0.01
+    d.skip_limit_min = 10
     d.resolution = 64  # embedded set: occupancy grid size
     d.points = 4096  # embedded set: uniform surface-point pool
     d.num_shapes = 1000  # embedded set: how many shapes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -30,6 +31,7 @@ from jaxshape.trainer import sharding as shd
 from jaxshape.trainer.checkpoint import Checkpointer
 from jaxshape.trainer.metrics import MetricWriter
 from jaxshape.trainer.optim import ema_update, learning_rate_schedule, make_optimizer
+from jaxshape.trainer.preemption import PreemptionWatcher
 from jaxshape.trainer.tasks import Task, abstract, input_infos, make_task
 
 log = logging.getLogger("jaxshape.train")
@@ -185,6 +187,27 @@ class _MetricBuffer:
         return {k: float(v) for k, v in host[-1].items()}
 
 
+class TooManyBadExamples(RuntimeError):
+    """More than ``data.skip_limit`` of the examples read were bad."""
+
+
+def check_skipped(skipped: int, read: int, data) -> int:
+    """The bad examples replaced on all processes so far (``skipped`` of ``read`` on this one); raises when more
+    than ``data.skip_limit`` of them were bad (and at least ``data.skip_limit_min``). A collective when
+    multi-process."""
+    total, seen = skipped, read
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        both = np.asarray(multihost_utils.process_allgather(np.asarray([skipped, read], np.int64)))
+        total, seen = (int(v) for v in both.reshape(-1, 2).sum(0))
+    if total >= data.skip_limit_min and total > data.skip_limit * (total + seen):
+        raise TooManyBadExamples(f"{total} of the {total + seen} examples read were bad (more than data.skip_limit = "
+                           f"{data.skip_limit:g}); the log names each one (\"skipped example\"). Fix or remove "
+                           f"them, or raise data.skip_limit")
+    return total
+
+
 def write_samples(task: Task, params, frozen, rng, inputs, directory: Path) -> list[str]:
     """Sample with ``params`` and write the shapes (``.glb``, ``.png``, arrays, ``samples.jsonl``)."""
     outputs = task.sample(params, frozen, rng, {k: jnp.asarray(v) for k, v in inputs.items()})
@@ -193,10 +216,16 @@ def write_samples(task: Task, params, frozen, rng, inputs, directory: Path) -> l
 
 def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Optional[int] = None) -> dict:
     """Train one stage. Returns ``{"losses": [...], "step", "samples": [...], "num_params", "state",
-    "evaluations": [{"step", "eval/...": value}, ...]}`` (evaluations on held-out shapes: ``config.eval``).
+    "evaluations": [{"step", "eval/...": value}, ...], "preempted"}`` (evaluations on held-out shapes:
+    ``config.eval``; ``preempted``: a SIGTERM / SIGINT stopped the run after checkpointing ``step``).
 
     ``data_iter`` overrides the configured data source (tests); ``max_steps`` stops early (simulated kill).
     """
+    with PreemptionWatcher() as watcher:
+        return _run(config, workdir, watcher, data_iter=data_iter, mesh=mesh, max_steps=max_steps)
+
+
+def _run(config, workdir, watcher: PreemptionWatcher, *, data_iter, mesh, max_steps) -> dict:
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
 
@@ -247,10 +276,10 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
     # ---- restore: the newest checkpoint, straight into the target shardings (any mesh size)
     ckpt = Checkpointer(workdir / "checkpoints", every=config.ckpt_every, keep_last=config.keep_last,
                         keep_best=config.keep_best, async_save=config.async_checkpointing)
-    start = ckpt.latest_step()
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, state_sh)
+    start, restored = ckpt.restore_newest(target, it)  # checked; bad steps moved to checkpoints/bad
     if start is not None:
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, state_sh)
-        state = ckpt.restore(start, target, it)
+        state = restored
         log.info("resumed from step %d", start)
     elif config.get("init_from"):
         state = init_from(config.init_from, task, state, state_sh, tx)
@@ -263,7 +292,7 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
     total = config.steps if max_steps is None else min(config.steps, max_steps)
     sample_inputs = task.sample_inputs([raw], config.num_samples)
     metrics_buf = _MetricBuffer(workdir / "checkpoints")
-    metrics_buf.last_good = start if ckpt.latest_step() is not None else None
+    metrics_buf.last_good = ckpt.latest_step()
     samples: list[str] = []
     evaluator = None
     if config.data.holdout > 0 and (config.eval.every or config.eval.at_end):
@@ -277,8 +306,9 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
 
         progress = tqdm(total=total, initial=start, desc=config.stage, dynamic_ncols=True)
     t_last, n_last = time.perf_counter(), start
+    preempted = jax.process_count() == 1 and watcher.requested  # a signal during setup: stop before training
     try:
-        for step in range(start, total):
+        for step in range(start, total if not preempted else start):
             batch = shd.put_batch(task.host_batch(next(it), step), mesh)
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, metrics = step_fn(state, frozen, batch)
@@ -286,24 +316,28 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
             metrics_buf.add(done, metrics)
             if progress is not None:
                 progress.update(1)
-            log_now = done % config.log_every == 0 or done == total
-            save_now = ckpt.should_save(done) or done == total
-            sample_now = ((config.sample_every and done % config.sample_every == 0)
-                          or (done == config.steps and config.sample_at_end))
-            eval_now = config.data.holdout > 0 and ((config.eval.every and done % config.eval.every == 0)
-                                                    or (done == config.steps and config.eval.at_end))
+            preempted = watcher.should_stop(done)  # every process, every step
+            log_now = done % config.log_every == 0 or done == total or preempted
+            save_now = ckpt.should_save(done) or done == total or preempted
+            sample_now = not preempted and ((config.sample_every and done % config.sample_every == 0)
+                                            or (done == config.steps and config.sample_at_end))
+            eval_now = not preempted and config.data.holdout > 0 and (
+                (config.eval.every and done % config.eval.every == 0) or (done == config.steps and config.eval.at_end))
             if not (log_now or save_now or sample_now or eval_now):
                 continue
             last = metrics_buf.fetch()
             if log_now:
                 now = time.perf_counter()
                 scalars = dict(last, step_time_s=(now - t_last) / max(done - n_last, 1))
+                if hasattr(it, "skipped"):
+                    scalars["data/skipped"] = check_skipped(it.skipped, (done - start) * config.data.batch_size
+                                                            // jax.process_count(), config.data)
                 scalars["examples_per_s"] = config.data.batch_size / max(scalars["step_time_s"], 1e-9)
                 writer.write(done, scalars)
                 if progress is not None:
                     progress.set_postfix(loss=f"{last['loss']:.4f}")
                 t_last, n_last = now, done
-            if save_now and ckpt.save(done, state, it, loss=last["loss"], force=(done == total)):
+            if save_now and ckpt.save(done, state, it, loss=last["loss"]):
                 metrics_buf.last_good = done
 
             # ---- samples: EMA params, gathered to the host (a collective), written by the main process
@@ -327,10 +361,14 @@ def run(config, workdir: str | Path, *, data_iter=None, mesh=None, max_steps: Op
                     evaluations.append({"step": done, **scalars})
                     log.info("step %d: %s", done, ", ".join(f"{k[5:]} {v:.4g}" for k, v in scalars.items()))
                 t_last += time.perf_counter() - t_eval  # the evaluation's time is not a training step's
+            if preempted:
+                ckpt.wait()
+                log.warning("stopped by a signal at step %d; checkpoint written to %s", done, workdir / "checkpoints")
+                break
     finally:
-        ckpt.close()
+        ckpt.close(quiet=sys.exc_info()[0] is not None)  # an error in flight is the one to report
         writer.close()
         if progress is not None:
             progress.close()
     return {"losses": metrics_buf.losses, "step": start + len(metrics_buf.losses), "samples": samples,
-            "num_params": n_params, "state": state, "evaluations": evaluations}
+            "num_params": n_params, "state": state, "evaluations": evaluations, "preempted": preempted}

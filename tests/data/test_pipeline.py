@@ -102,3 +102,52 @@ def test_checkpoint_resume_exact_next_batch(data_dir, tmp_path):
     assert _ids(next(it2)) == _ids(nxt)
     it2.close()
     assert isinstance(it2, DeviceIterator)
+
+
+def _with_bad_records(data_dir, out):
+    """A copy of ``data_dir`` plus one shard of four bad records whose ids sort into the middle of the set: one
+    that does not decode, NaN points, an empty point set, and a point cloud of another size."""
+    import json
+    import shutil
+
+    from jaxshape.data.records import decode_example, encode_example, write_shard
+
+    shutil.copytree(data_dir, out)
+    good = RecordSource(data_dir)[0]
+    nan = dict(good, id="procedural__m_nan")
+    nan["pointcloud"] = np.where(np.arange(len(good["pointcloud"]))[:, None] == 5, np.nan, good["pointcloud"])
+    empty = dict(good, id="procedural__m_empty", pointcloud=np.zeros((0, 3), np.float32))
+    short = dict(good, id="procedural__m_short", pointcloud=good["pointcloud"][:100])
+    records = [encode_example(nan), encode_example(empty), encode_example(short), b"\x93not a msgpack map"]
+    assert decode_example(records[0])["id"] == "procedural__m_nan"
+    write_shard(str(out / "shard-bad.array_record"), records)
+    ids = ["procedural__m_nan", "procedural__m_empty", "procedural__m_short", "procedural__m_garbage"]
+    with open(out / "shards.jsonl", "a") as fh:
+        fh.write(json.dumps({"shard": "shard-bad.array_record", "ids": ids}) + "\n")
+    return ids
+
+
+def test_bad_examples_are_replaced_counted_and_logged(data_dir, tmp_path, caplog):
+    bad = _with_bad_records(data_dir, tmp_path / "rec")
+    good = RecordSource(data_dir).ids
+    kw = dict(keys=("pointcloud", "id"), seed=0, shuffle=False, process_index=0, process_count=1)
+    it = DeviceIterator(make_dataset(str(tmp_path / "rec"), 4, count_skipped=True, **kw), None)
+    with caplog.at_level("WARNING", logger="jaxshape.data"):
+        batches = [next(it) for _ in range(4)]  # one pass over the 16 indices, 12 of them good
+    it.close()
+    ids = [i for b in batches for i in _ids(b)]
+    assert set(ids) == set(good) and len(ids) == 16
+    nxt = min(i for i in good if i > max(bad))  # the four bad ones sort together: the next good one replaces each
+    assert ids.count(nxt) == 5 and it.skipped == 4
+    assert all(b["pointcloud"].shape == (4, 256, 3) and np.isfinite(b["pointcloud"]).all() for b in batches)
+    assert all("_skipped" not in b for b in batches)
+    messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped example")]
+    assert len(messages) == 4
+    for reason in ("procedural__m_nan: pointcloud holds 3 NaN/Inf values", "procedural__m_empty: pointcloud is empty",
+                   "procedural__m_short: pointcloud shaped (100, 3) where the others are (256, 3)",
+                   "procedural__m_garbage: record"):
+        assert sum(reason in m for m in messages) == 1, reason
+    assert "shard-bad.array_record#3 does not decode" in "\n".join(messages)
+    # outside training (count_skipped=False) a bad example is an error naming it
+    with pytest.raises(ValueError, match=r"example procedural__m_(nan|empty|short|garbage): "):
+        list(make_dataset(str(tmp_path / "rec"), 4, num_epochs=1, **kw))
