@@ -167,9 +167,10 @@ def evaluate_workdir(workdir: str | Path, *, stage: Optional[str] = None, refere
     if set_points is not None:
         config.eval.set_points = int(set_points)
     task = make_task(config)
-    step = newest_or(stage_dir, step)
+    newest_or(stage_dir, step)  # a clear error when the stage holds no checkpoint
+    step, params = read_train_params(stage_dir / "checkpoints", step=step, ema=ema, return_step=True)
     frozen = jax.device_put(task.trained_frozen(stage_dir))
-    params = jax.device_put(read_train_params(stage_dir / "checkpoints", step=step, ema=ema))
+    params = jax.device_put(params)
     examples = reference_examples(task, config, config.eval.num_shapes, reference)
     if not isinstance(task, FlowTask):  # a VAE reconstructs `num` shapes
         examples = {k: v[:num] for k, v in examples.items()}

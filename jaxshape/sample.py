@@ -104,12 +104,13 @@ def sample(workdir: str | Path, *, stage: Optional[str] = None, num: int = 8, cf
     stage_dir = find_stage_dir(workdir, stage)
     config = stage_config(stage_dir, cfg=cfg, steps=steps)
     task = make_task(config)
-    step = newest_or(stage_dir, checkpoint_step)
+    newest_or(stage_dir, checkpoint_step)  # a clear error when the stage holds no checkpoint
+    step, params = read_train_params(stage_dir / "checkpoints", step=checkpoint_step, ema=ema, return_step=True)
     out = Path(out) if out is not None else stage_dir / "samples" / f"cli_step_{step:07d}_seed_{seed}"
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out (nothing is overwritten)")
 
-    params = jax.device_put(read_train_params(stage_dir / "checkpoints", step=step, ema=ema))
+    params = jax.device_put(params)
     frozen = jax.device_put(task.trained_frozen(stage_dir))
     inputs = task.sample_inputs(_lazy_batches(config, task), num)
     n = len(next(iter(inputs.values())))

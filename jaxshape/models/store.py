@@ -27,6 +27,8 @@ from flax import linen as nn
 
 from jaxshape.models.registry import build, model_spec
 
+log = logging.getLogger("jaxshape.models")
+
 MODEL_FILE = "model.json"  # a saved model: its spec
 VARIABLES_DIR = "variables"  # a saved model: Orbax tree of {"params": ..., other collections}
 WORKDIR_MODELS_FILE = "models.json"  # a training workdir: {component: {"name", "args", "params"}}
@@ -83,24 +85,59 @@ def checkpoint_steps(checkpoints: str | Path) -> list[int]:
         return sorted(mngr.all_steps())
 
 
-def read_train_params(checkpoints: str | Path, *, step: Optional[int] = None, ema: bool = True) -> Any:
+def read_train_params(checkpoints: str | Path, *, step: Optional[int] = None, ema: bool = True,
+                      return_step: bool = False) -> Any:
     """The EMA (or raw) parameters of one step of a training checkpoint directory, as host arrays; only that
-    subtree is read (not the optimiser state). ``step=None``: the newest."""
+    subtree is read (not the optimiser state), and checked against the step's integrity record (the checksums
+    ``jaxshape.trainer.checkpoint`` writes; older checkpoints have none). ``step=None``: the newest step that reads
+    back as written (a newer one that does not is skipped with a warning naming it and why, and left in place); a
+    given step that does not is an error. ``return_step``: ``(step, params)``."""
     checkpoints = Path(checkpoints).absolute()
     steps = checkpoint_steps(checkpoints)
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {checkpoints}")
-    step = steps[-1] if step is None else int(step)
-    if step not in steps:
+    if step is not None and int(step) not in steps:
         raise FileNotFoundError(f"no checkpoint of step {step} in {checkpoints}; steps: {steps}")
     key = "ema_params" if ema else "params"
     quiet = _DropMessages("Metadata file does not exist")  # the state item has no checkpoint-level metadata file
     absl_logger = logging.getLogger("absl")
     absl_logger.addFilter(quiet)
     try:
-        return _read_subtree(checkpoints / str(step) / "state", key)
+        for s in [int(step)] if step is not None else steps[::-1]:
+            problem, params = _checked_subtree(checkpoints / str(s), key)
+            if problem is None:
+                return (s, params) if return_step else params
+            if step is not None:
+                raise ValueError(f"checkpoint step {s} in {checkpoints}: its {key} {problem}")
+            log.warning("checkpoint step %d in %s: its %s %s; reading the step before", s, checkpoints, key, problem)
     finally:
         absl_logger.removeFilter(quiet)
+    raise FileNotFoundError(f"no checkpoint in {checkpoints} whose {key} read back as written (steps: {steps})")
+
+
+def _checked_subtree(step_dir: Path, key: str) -> tuple[Optional[str], Any]:
+    """``(None, state[key])`` of one step when it reads back as its integrity record says, else ``(why, None)``."""
+    from jaxshape.integrity import first_line, quiet_failed_reads, tree_checksums
+
+    with quiet_failed_reads():
+        try:
+            params = _read_subtree(step_dir / "state", key)
+        except Exception as e:  # noqa: BLE001 -- any read failure makes the step unusable
+            return f"cannot be read ({first_line(e, step_dir.parent)})", None
+    record_file = step_dir / "integrity" / "metadata"
+    if not record_file.exists():
+        return None, params  # written before integrity records existed
+    try:
+        want = {r["path"]: (r["sum"], r["wsum"], r["nonfinite"])
+                for r in json.loads(record_file.read_text())["leaves"] if r["path"].startswith(key + "/")}
+    except (ValueError, KeyError, TypeError) as e:
+        return f"cannot be checked: its integrity record is unreadable ({type(e).__name__}: {e})", None
+    got = {f"{key}/{r['path']}": (r["sum"], r["wsum"], r["nonfinite"]) for r in tree_checksums(params, on_host=True)}
+    diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    if diff:
+        return f"read back unlike what was written ({diff[0]}" + (f" and {len(diff) - 1} more)" if len(diff) > 1
+                                                                   else ")"), None
+    return None, params
 
 
 class _DropMessages(logging.Filter):

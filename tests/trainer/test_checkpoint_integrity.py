@@ -12,7 +12,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxshape.data.iterators import ArrayIterator
-from jaxshape.trainer.checkpoint import Checkpointer, CheckpointMismatch, NoGoodCheckpoint, tree_checksums
+from jaxshape.integrity import tree_checksums
+from jaxshape.trainer.checkpoint import Checkpointer, CheckpointMismatch, NoGoodCheckpoint
 
 
 def _tree(seed=0):
@@ -138,3 +139,28 @@ def test_a_changed_config_is_an_error_and_no_good_step_is_an_error(tmp_path):
     assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == ["1-read-failed", "2-read-failed"]
     ckpt.close()
 
+
+def test_read_train_params_skips_a_newest_step_that_reads_back_wrong(tmp_path, caplog):
+    from jaxshape.models.store import read_train_params
+
+    ckpt = Checkpointer(tmp_path, every=1, keep_last=10, keep_best=0)
+    want = {}
+    for step in (1, 2):
+        r = np.random.default_rng(step)
+        params = {"w": r.normal(size=(64, 64)).astype(np.float32), "b": r.normal(size=(64,)).astype(np.float32)}
+        ckpt.save(step, jax.device_put({"params": params, "ema_params": jax.tree.map(lambda x: x * 2, params)}))
+        want[step] = jax.tree.map(lambda x: x * 2, params)
+    ckpt.close()
+    # flip one bit in the middle of every data file of step 2 (values that still decode reach the checksums)
+    for p in _files(tmp_path / "2" / "state" / "d"):
+        raw = bytearray(p.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        p.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="jaxshape.models"):
+        step, got = read_train_params(tmp_path, return_step=True)
+    assert step == 1 and _equal(got, want[1])
+    lines = [r.getMessage() for r in caplog.records if "reading the step before" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("checkpoint step 2 in") and "its ema_params" in lines[0]
+    assert (tmp_path / "2").exists()  # a reader moves nothing
+    with pytest.raises(ValueError, match=r"checkpoint step 2 in .*: its ema_params (cannot be read|read back)"):
+        read_train_params(tmp_path, step=2)
