@@ -234,13 +234,16 @@ def _replace_bad_examples_class():
             super().__init__(parent)
             self.max_run = max_run
             self._shapes = None
-            self._lock = None
+            self._lock = threading.Lock()
 
         def __len__(self):
             return len(self._parent)
 
         def __getstate__(self):  # a lock does not pickle (grain worker processes)
             return {**self.__dict__, "_lock": None}
+
+        def __setstate__(self, state):
+            self.__dict__.update(state, _lock=threading.Lock())
 
         @staticmethod
         def _shapes_of(ex):
@@ -249,10 +252,10 @@ def _replace_bad_examples_class():
         def _reference(self):
             """The field shapes of the first good example by index (the same in every thread and worker)."""
             if self._shapes is None:
-                if self._lock is None:
-                    self._lock = threading.Lock()
                 with self._lock:
                     for j in range(min(len(self._parent), self.max_run + 1)):
+                        if self._shapes is not None:  # another thread found it
+                            break
                         ex = self._parent[j]
                         if PROBLEM not in ex:
                             self._shapes = self._shapes_of(ex)
